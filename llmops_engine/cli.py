@@ -1,0 +1,257 @@
+"""The `llmops` command line.
+
+Only light modules are imported here; torch, Ray and Great Expectations load inside the
+controllers that need them, so `validate`, `plan`, `status` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import LLMOpsError, SpecError
+
+app = typer.Typer(
+    name="llmops",
+    help="Declarative LLMOps: reconcile datasets, prompts, tuning jobs, evaluations and deployments to YAML specs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+    github = "github"
+
+
+@contextmanager
+def user_errors(fmt: Format = Format.text):
+    """Map the engine's errors to a message and exit code; never show a traceback for them."""
+    try:
+        yield
+    except SpecError as exc:
+        if fmt == Format.github:
+            from .render import spec_errors_github
+
+            print(spec_errors_github(exc))
+        elif fmt == Format.json:
+            print(json.dumps({"errors": [vars(i) for i in exc.issues]}, indent=2))
+        errors.print(f"[red]error:[/red] {len(exc.issues)} spec error(s)", highlight=False)
+        for issue in exc.issues:
+            errors.print(str(issue), highlight=False, markup=False)
+        raise typer.Exit(1)
+    except LLMOpsError as exc:
+        errors.print("[red]error:[/red] ", end="", highlight=False)
+        errors.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(exc.exit_code)
+
+
+def _project(directory: Optional[Path]):
+    from .project import load_project
+
+    return load_project(directory)
+
+
+def _engine(directory: Optional[Path]):
+    from .engine import Engine
+
+    return Engine(_project(directory), report=lambda line: console.print(line, highlight=False, markup=False))
+
+
+DirOption = typer.Option(None, "--dir", "-C", help="Project directory (default: search upward from here).")
+
+
+@app.command()
+def validate(
+    directory: Optional[Path] = DirOption,
+    fmt: Format = typer.Option(Format.text, "--format", help="text | json | github (annotations)"),
+) -> None:
+    """Check every spec: syntax, types, references, cycles, paths. Exit 1 on any problem."""
+    from .specs.loader import load_resources
+
+    with user_errors(fmt):
+        project = _project(directory)
+        resources = load_resources(project.root, project.settings.spec_dirs)
+    if fmt == Format.json:
+        print(json.dumps({"resources": [r.key for r in resources], "errors": []}, indent=2))
+    else:
+        console.print(f"[green]✓[/green] {len(resources)} resources valid")
+
+
+@app.command()
+def plan(
+    directory: Optional[Path] = DirOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    fmt: Format = typer.Option(Format.text, "--format", help="text | json | markdown | github"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Save the plan for `llmops apply PLAN`."),
+    detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 0 no changes, 1 error, 2 changes."),
+    prune: bool = typer.Option(False, "--prune", help="Plan deletes for resources no longer in the specs."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow pruning with an empty spec set."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list unchanged resources."),
+) -> None:
+    """Show what `apply` would change, and why."""
+    from . import render
+
+    fmt = Format.json if as_json else fmt
+    with user_errors(fmt):
+        the_plan, _, _ = _engine(directory).plan(prune=prune, allow_empty=allow_empty)
+    if out:
+        out.write_text(json.dumps(the_plan.to_json(), indent=2))
+    if fmt == Format.json:
+        print(json.dumps(the_plan.to_json(), indent=2))
+    elif fmt in (Format.markdown, Format.github):
+        print(render.plan_markdown(the_plan))
+    else:
+        for style, line in render.plan_text(the_plan, verbose):
+            console.print(f"[{style}]{line}[/{style}]", highlight=False)
+        if out:
+            console.print(f"Saved to {out}; run: llmops apply {out}")
+    if detailed_exitcode and the_plan.has_changes():
+        raise typer.Exit(2)
+
+
+@app.command()
+def apply(
+    plan_file: Optional[Path] = typer.Argument(None, help="A plan saved by `llmops plan --out`."),
+    directory: Optional[Path] = DirOption,
+    prune: bool = typer.Option(False, "--prune", help="Delete resources no longer in the specs."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow pruning with an empty spec set."),
+    lock_timeout: float = typer.Option(0.0, "--lock-timeout", help="Seconds to wait for another apply."),
+) -> None:
+    """Make the world match the specs (or execute a saved plan, if it is still fresh)."""
+    from .engine import read_plan_file
+    from .report import print_apply_result
+
+    engine = _engine(directory)
+    with user_errors():
+        saved = read_plan_file(plan_file) if plan_file else None
+        _ensure_bootstrap(engine)
+        result = engine.apply(saved_plan=saved, prune=prune, allow_empty=allow_empty, lock_timeout=lock_timeout)
+    code = print_apply_result(console, errors, engine, result)
+    if code:
+        raise typer.Exit(code)
+
+
+def _ensure_bootstrap(engine) -> None:
+    """Put raw data tracked by DVC in place before planning (a fresh clone has no data yet)."""
+    try:
+        from .data.bootstrap import ensure_raw_data
+    except ImportError:
+        return
+    ensure_raw_data(engine.project.root)
+
+
+@app.command()
+def status(
+    directory: Optional[Path] = DirOption,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Resources, their fingerprints and state, and what they produced."""
+    from .render import when
+    from .report import status_rows
+
+    with user_errors():
+        rows = status_rows(_engine(directory))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("kind", "name", "fingerprint", "state", "last applied", "outputs")
+    for row in rows:
+        table.add_row(row["kind"], row["name"], row["fingerprint"][:12], row["state"], when(row["applied_at"]), row["summary"])
+    console.print(table)
+
+
+@app.command()
+def history(
+    resource: Optional[str] = typer.Argument(None, help="Kind/name to filter, e.g. TuningJob/support-qlora."),
+    directory: Optional[Path] = DirOption,
+    limit: int = typer.Option(30, "--limit", "-n"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Past apply steps from the journal, newest first."""
+    from .render import when
+
+    with user_errors():
+        rows = _engine(directory).journal().history(resource, limit)
+    if as_json:
+        print(json.dumps([vars(r) for r in rows], indent=2))
+        return
+    table = Table("started", "apply", "resource", "action", "status", "fingerprint", "message")
+    for r in rows:
+        table.add_row(when(r.started), r.apply_id, r.key, r.action, r.status, (r.fingerprint or "")[:12], r.message[:80])
+    console.print(table)
+
+
+@app.command()
+def schema(
+    out: Path = typer.Option(Path("schema/llmops.schema.json"), "--out", "-o", help="Where to write; '-' for stdout."),
+) -> None:
+    """Write the JSON Schema of all kinds (for editor autocompletion)."""
+    from .schema import render_schema
+
+    text = render_schema()
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"wrote {out}")
+
+
+@app.command("force-unlock")
+def force_unlock(lock_id: str = typer.Argument(..., help="The lock id printed by the blocked apply."),
+                 directory: Optional[Path] = DirOption) -> None:
+    """Release an apply lock whose holder is gone."""
+    from .state.lock import ApplyLock
+
+    with user_errors():
+        engine = _engine(directory)
+        lease = ApplyLock(engine.store.root / "locks").force_unlock(lock_id)
+    console.print(f"released {lease.describe()}")
+
+
+@app.command()
+def init(directory: Path = typer.Argument(Path("."), help="Where to scaffold the project.")) -> None:
+    """Scaffold a minimal spec repository."""
+    from .scaffold import scaffold
+
+    with user_errors():
+        written = scaffold(directory)
+    for path in written:
+        console.print(f"  created {path}")
+    console.print("Next: llmops validate && llmops plan")
+
+
+@app.command()
+def down(directory: Optional[Path] = DirOption) -> None:
+    """Stop the local Ray head that `apply` started (deployments stop with it)."""
+    from .raycluster import stop_local
+
+    with user_errors():
+        stopped = stop_local(_project(directory))
+    console.print("stopped the local Ray head" if stopped else "no local Ray head is running")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        errors.print("interrupted; the next apply resumes from the journal")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

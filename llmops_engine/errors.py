@@ -1,0 +1,110 @@
+"""The project's exception tree.
+
+Third-party failures (Ray, DVC, Great Expectations, HTTP) are caught at the boundary
+that calls them and re-raised as one of these, with the original as ``__cause__``.
+The CLI maps each class to an exit code and prints its message; tracebacks are for
+bugs only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class LLMOpsError(Exception):
+    """Base of every error the engine reports to a user."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    """One problem in one spec file, located as precisely as the YAML allows."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class SpecError(LLMOpsError):
+    """Specs failed to load or validate. Carries every issue found in one pass."""
+
+    def __init__(self, issues: list[SpecIssue]):
+        self.issues = sorted(issues, key=lambda i: (i.file, i.line, i.column, i.path))
+        count = len(self.issues)
+        lines = "\n".join(str(i) for i in self.issues)
+        super().__init__(f"{count} spec error{'s' if count != 1 else ''}:\n{lines}")
+
+
+class ProjectError(LLMOpsError):
+    """The project file or repository layout is wrong."""
+
+
+class PlanError(LLMOpsError):
+    """A plan cannot be made or used (stale saved plan, resource problem)."""
+
+
+class StalePlanError(PlanError):
+    """A saved plan no longer matches the observed state."""
+
+
+class LockError(LLMOpsError):
+    """Another apply holds the state lock."""
+
+    exit_code = 4
+
+
+class ControllerError(LLMOpsError):
+    """A controller failed to reconcile a resource."""
+
+
+class NoControllerError(ControllerError):
+    """No controller is registered for a kind."""
+
+
+class DataError(ControllerError):
+    """Reading or transforming a dataset failed."""
+
+
+class ValidationFailed(ControllerError):
+    """A dataset failed its Great Expectations rules."""
+
+    exit_code = 5
+
+
+class DVCError(ControllerError):
+    """A DVC command failed."""
+
+
+class TrainingError(ControllerError):
+    """A tuning job failed."""
+
+
+class EvaluationError(ControllerError):
+    """An evaluation could not be run (this fails its gate closed)."""
+
+
+class GateFailed(ControllerError):
+    """An evaluation ran and its thresholds were not met."""
+
+    exit_code = 3
+
+
+class DeploymentError(ControllerError):
+    """Deploying or rolling out a model failed; the live version keeps serving."""
+
+
+class RolloutFailed(DeploymentError):
+    """A canary or blue-green analysis failed and the rollout was rolled back."""
+
+    exit_code = 6
+
+
+class ClusterError(LLMOpsError):
+    """The Ray cluster could not be started or reached."""

@@ -1,0 +1,105 @@
+"""Fingerprints: a resource's identity is what determines its outputs.
+
+fingerprint = sha256(kind, name, normalized spec, dependency fingerprints, input file hashes)
+
+Labels and descriptions are metadata and deliberately excluded, so editing them never
+retrains a model. The normalized spec is the pydantic dump (defaults filled in), so YAML
+layout, comments and key order cannot change it.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from .graph import dependencies
+from .specs.resource import Resource
+
+FORMAT_VERSION = "1"
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def compute_fingerprint(resource: Resource, dep_fingerprints: Mapping[str, str], inputs: Mapping[str, str]) -> str:
+    payload = {
+        "v": FORMAT_VERSION,
+        "kind": resource.kind,
+        "name": resource.name,
+        "spec": resource.normalized_spec(),
+        "deps": dict(sorted(dep_fingerprints.items())),
+        "inputs": dict(sorted(inputs.items())),
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+class ContentHasher:
+    """sha256 of repository files, cached by (size, mtime) so an unchanged plan stays fast."""
+
+    def __init__(self, root: Path, cache_file: Path | None = None):
+        self.root = root
+        self.cache_file = cache_file
+        self._cache: dict[str, list] = {}
+        self._dirty = False
+        if cache_file and cache_file.is_file():
+            try:
+                self._cache = json.loads(cache_file.read_text())
+            except ValueError:
+                self._cache = {}
+
+    def hash_inputs(self, patterns: list[str]) -> dict[str, str]:
+        """Map each matched repo-relative path to its content hash; a missing path maps to 'missing'."""
+        result: dict[str, str] = {}
+        for pattern in patterns:
+            matches = sorted(glob.glob(str(self.root / pattern), recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file()]
+            if not files:
+                result[pattern] = "missing"
+            for path in files:
+                result[path.relative_to(self.root).as_posix()] = self.file_hash(path)
+        return result
+
+    def file_hash(self, path: Path) -> str:
+        stat = path.stat()
+        key = path.relative_to(self.root).as_posix()
+        cached = self._cache.get(key)
+        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+            return cached[2]
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        # A file modified within the last seconds could change again within the same
+        # mtime tick; caching it could hide that edit (git's "racy clean" problem).
+        if time.time() - stat.st_mtime > 2:
+            self._cache[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+            self._dirty = True
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        if self.cache_file and self._dirty:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._cache))
+            os.replace(tmp, self.cache_file)
+
+
+def fingerprint_all(
+    by_key: Mapping[str, Resource], order: list[str], hasher: ContentHasher
+) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Fingerprints (and the input hashes behind them) for every resource, in dependency order."""
+    fingerprints: dict[str, str] = {}
+    inputs: dict[str, dict[str, str]] = {}
+    for key in order:
+        resource = by_key[key]
+        deps = {dep: fingerprints[dep] for dep in dependencies(resource) if dep in fingerprints}
+        inputs[key] = hasher.hash_inputs(resource.spec.repo_paths())
+        fingerprints[key] = compute_fingerprint(resource, deps, inputs[key])
+    hasher.save()
+    return fingerprints, inputs

@@ -1,0 +1,82 @@
+"""The project file (`llmops.yaml`) and the repository it describes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from .errors import ProjectError
+from .specs.base import StrictModel
+
+PROJECT_FILE = "llmops.yaml"
+
+
+class RaySettings(StrictModel):
+    address: str | None = Field(default=None, description="Cluster address; RAY_ADDRESS wins; default: local head.")
+    num_cpus: int | None = Field(default=None, description="CPUs for the local head (default: all).")
+
+
+class ServeSettings(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class ProjectSettings(StrictModel):
+    spec_dirs: list[str] = Field(default_factory=lambda: ["specs"])
+    state_dir: str = Field(default=".llmops", description="Local journal, history and caches.")
+    artifact_store: str = Field(
+        default=".llmops/store", description="Directory or file:// URL holding outputs by fingerprint."
+    )
+    lock_ttl_s: float = Field(default=120, gt=0)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    settings: ProjectSettings
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / self.settings.state_dir
+
+    def artifact_store_url(self) -> str:
+        url = os.environ.get("LLMOPS_ARTIFACT_STORE") or self.settings.artifact_store
+        if "://" in url:
+            return url
+        return str((self.root / url).resolve())
+
+    def ray_address(self) -> str | None:
+        return os.environ.get("RAY_ADDRESS") or self.settings.ray.address
+
+
+def find_root(start: Path) -> Path:
+    """The nearest directory holding llmops.yaml, else the nearest git work tree, else start."""
+    start = start.resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / PROJECT_FILE).is_file():
+            return candidate
+    for candidate in (start, *start.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return start
+
+
+def load_project(start: Path | None = None) -> Project:
+    root = find_root(start or Path.cwd())
+    path = root / PROJECT_FILE
+    if not path.is_file():
+        return Project(root, ProjectSettings())
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return Project(root, ProjectSettings.model_validate(data))
+    except yaml.YAMLError as exc:
+        raise ProjectError(f"{PROJECT_FILE}: invalid YAML: {exc}") from exc
+    except ValidationError as exc:
+        lines = [f"{PROJECT_FILE}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ProjectError("\n".join(lines)) from exc

@@ -1,0 +1,87 @@
+"""What `apply` and `status` tell a person at the end."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from .engine import ApplyResult, Engine
+
+
+def print_apply_result(console: Console, errors: Console, engine: Engine, result: ApplyResult) -> int:
+    changed = [s for s in result.steps if s.status == "succeeded"]
+    for step in result.steps:
+        if step.status == "failed":
+            errors.print(f"[red]✗ {step.key} failed[/red]", highlight=False)
+            errors.print(step.message, highlight=False, markup=False)
+        elif step.status == "blocked":
+            errors.print(f"[yellow]⊘ {step.key} not applied: {step.message}[/yellow]", highlight=False)
+    if not result.failed:
+        if changed:
+            console.print(f"[green]Apply complete:[/green] {len(changed)} changed, {len(result.steps) - len(changed)} unchanged.")
+        else:
+            console.print("[green]No changes.[/green] The world matches the specs.")
+    else:
+        errors.print(f"[red]Apply failed:[/red] {len(result.failed)} resource(s) not reconciled; earlier good state is untouched.")
+    _print_endpoints(console, engine)
+    return result.exit_code()
+
+
+def _print_endpoints(console: Console, engine: Engine) -> None:
+    for record in engine.records().values():
+        endpoint = record.outputs.get("endpoint") if record.kind == "Deployment" else None
+        if not endpoint:
+            continue
+        console.print(f"\n[bold]{record.name}[/bold] serves model {record.outputs.get('model_version', '?')} at {endpoint}")
+        for line in record.outputs.get("usage", []):
+            console.print(line, highlight=False, markup=False)
+
+
+def status_rows(engine: Engine) -> list[dict]:
+    from .errors import SpecError
+
+    records = engine.records()
+    try:
+        desired = engine.load()
+    except SpecError:
+        desired = None
+    rows = []
+    keys = list(desired.order) if desired else []
+    keys += [k for k in sorted(records) if k not in keys]
+    for key in keys:
+        record = records.get(key)
+        fingerprint = desired.fingerprints.get(key) if desired else None
+        rows.append(_row(key, record, fingerprint))
+    return rows
+
+
+def _row(key: str, record, desired_fp: str | None) -> dict:
+    kind, name = key.split("/", 1)
+    if record is None:
+        state = "pending"
+    elif desired_fp is None:
+        state = "orphan"
+    elif record.fingerprint != desired_fp:
+        state = "out of date" if record.status == "ready" else f"{record.status}: {record.message}"
+    else:
+        state = record.status if record.status == "ready" else f"{record.status}: {record.message}"
+    outputs = record.outputs if record else {}
+    return {
+        "kind": kind,
+        "name": name,
+        "fingerprint": (record.fingerprint if record else desired_fp) or "",
+        "desired_fingerprint": desired_fp,
+        "state": state,
+        "applied_at": record.applied_at if record else None,
+        "outputs": outputs,
+        "summary": _summary(outputs),
+    }
+
+
+def _summary(outputs: dict) -> str:
+    shown = []
+    for key in ("model_version", "passed", "train_rows", "eval_rows", "endpoint", "template_hash", "final_loss"):
+        if key in outputs:
+            value = outputs[key]
+            value = value[:12] if key == "template_hash" else value
+            shown.append(f"{key}={value}")
+    return " ".join(shown)

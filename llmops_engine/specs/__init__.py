@@ -1,0 +1,14 @@
+"""The spec language: one pydantic model per kind, and the loader that builds them from YAML."""
+
+from __future__ import annotations
+
+from .base import API_VERSION, Metadata, Reference
+from .dataset import DatasetSpec
+from .deployment import DeploymentSpec
+from .evaluation import EvaluationSpec
+from .prompt import PromptSpec
+from .tuning import TuningJobSpec
+
+KINDS = {cls.kind: cls for cls in (DatasetSpec, PromptSpec, TuningJobSpec, EvaluationSpec, DeploymentSpec)}
+
+__all__ = ["API_VERSION", "KINDS", "Metadata", "Reference"]

@@ -1,0 +1,147 @@
+"""Dataset: raw files → declarative transforms → validated, split train/eval data."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, PositiveInt, model_validator
+
+from .base import KindSpec, StrictModel
+from .expectations import check_rule
+
+
+class Source(StrictModel):
+    path: str = Field(description="Repository-relative file or glob (e.g. data/*.jsonl).")
+    format: Literal["jsonl", "csv", "parquet"] | None = Field(
+        default=None, description="Inferred from the file extension when omitted."
+    )
+
+    @model_validator(mode="after")
+    def _format_known(self) -> "Source":
+        if self.format is None and self.inferred_format() is None:
+            raise ValueError("cannot infer format from the extension; set format: jsonl | csv | parquet")
+        return self
+
+    def inferred_format(self) -> str | None:
+        if self.format:
+            return self.format
+        for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv"), (".parquet", "parquet")):
+            if self.path.endswith(ext):
+                return fmt
+        return None
+
+
+class Columns(StrictModel):
+    """Map source columns onto the Alpaca fields, or name one chat `messages` column."""
+
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
+    messages: str | None = Field(default=None, description="Column holding [{role, content}] turns.")
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> "Columns":
+        if self.messages:
+            if self.instruction or self.input or self.output:
+                raise ValueError("use either 'messages' (chat) or instruction/input/output, not both")
+        elif not (self.instruction and self.output):
+            raise ValueError("map at least 'instruction' and 'output' (or give a chat 'messages' column)")
+        return self
+
+
+class FilterRegex(StrictModel):
+    column: str
+    pattern: str
+    keep: bool = Field(default=True, description="true keeps matching rows; false drops them.")
+
+
+class Sample(StrictModel):
+    n: PositiveInt
+    seed: int = 0
+
+
+EXAMPLE_FIELDS = ("instruction", "input", "output")
+
+
+class Transform(StrictModel):
+    """Exactly one operation per list item. Transforms run in order on the mapped rows, so
+    the columns they name are the example fields: instruction, input, output."""
+
+    strip_whitespace: dict[str, Any] | list[str] | None = Field(
+        default=None, description="{} for every text column, or a list of columns."
+    )
+    drop_empty: list[str] | None = None
+    dedupe: list[str] | None = None
+    max_chars: dict[str, PositiveInt] | None = None
+    min_chars: dict[str, PositiveInt] | None = None
+    filter_regex: FilterRegex | None = None
+    sample: Sample | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Transform":
+        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            ops = ", ".join(type(self).model_fields)
+            raise ValueError(f"each transform is exactly one of: {ops} (got {len(chosen)})")
+        if self.filter_regex is not None:
+            import re
+
+            try:
+                re.compile(self.filter_regex.pattern)
+            except re.error as exc:
+                raise ValueError(f"filter_regex.pattern is not a valid regular expression: {exc}") from None
+        unknown = [c for c in self.columns_named() if c not in EXAMPLE_FIELDS]
+        if unknown:
+            raise ValueError(f"transforms work on {', '.join(EXAMPLE_FIELDS)}; unknown column(s): {', '.join(unknown)}")
+        return self
+
+    def columns_named(self) -> list[str]:
+        name, value = self.operation()
+        if name == "filter_regex":
+            return [value.column]
+        if isinstance(value, dict):
+            return list(value)
+        return list(value) if isinstance(value, list) else []
+
+    def operation(self) -> tuple[str, Any]:
+        name = next(n for n in type(self).model_fields if getattr(self, n) is not None)
+        return name, getattr(self, name)
+
+
+class Split(StrictModel):
+    eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+    seed: int = 42
+
+
+class ValidationRule(StrictModel):
+    """A Great Expectations expectation by its snake_case name, plus its arguments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    expect: str = Field(description="e.g. column_values_to_not_be_null")
+
+    @model_validator(mode="after")
+    def _known_rule(self) -> "ValidationRule":
+        problems = check_rule(self.expect, self.kwargs())
+        if problems:
+            raise ValueError("; ".join(message for _, message in problems))
+        return self
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DatasetSpec(KindSpec):
+    kind: ClassVar[str] = "Dataset"
+
+    source: Source
+    columns: Columns
+    transforms: list[Transform] = Field(default_factory=list)
+    split: Split = Field(default_factory=Split)
+    validation: list[ValidationRule] = Field(default_factory=list)
+    validate_on: Literal["raw", "processed", "both"] = Field(
+        default="processed", alias="validate", description="Which data the rules run on."
+    )
+
+    def repo_paths(self) -> list[str]:
+        return [self.source.path]

@@ -1,0 +1,132 @@
+"""Evaluation: score a model on a Dataset's eval split and gate promotion on thresholds."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from .base import KindSpec, Reference, StrictModel, reference
+from .tuning import MODEL_REF
+
+METRICS = (
+    "exact_match",
+    "contains",
+    "regex_match",
+    "rouge_l",
+    "bleu",
+    "chrf",
+    "eval_loss",
+    "perplexity",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "output_tokens_mean",
+)
+Metric = Literal[METRICS]  # type: ignore[valid-type]
+Baseline = Literal["base", "champion"]
+
+
+class Threshold(StrictModel):
+    metric: Metric
+    min: float | None = None
+    max: float | None = None
+    min_delta_vs_baseline: float | None = Field(
+        default=None, description="At least this much better than the baseline (lower is better for losses/latency)."
+    )
+    min_ratio_vs_baseline: float | None = Field(
+        default=None, description="At least this many times as good as the baseline (1.0 = no worse)."
+    )
+    baseline: Baseline | None = Field(
+        default=None, description="Which baseline a relative bound uses (default: every one in compare_to)."
+    )
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> "Threshold":
+        bounds = (self.min, self.max, self.min_delta_vs_baseline, self.min_ratio_vs_baseline)
+        if all(b is None for b in bounds):
+            raise ValueError("give at least one of min, max, min_delta_vs_baseline, min_ratio_vs_baseline")
+        return self
+
+    def is_relative(self) -> bool:
+        return self.min_delta_vs_baseline is not None or self.min_ratio_vs_baseline is not None
+
+
+class Generation(StrictModel):
+    max_new_tokens: PositiveInt = 64
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
+    batch_size: PositiveInt = 16
+
+
+class MetricOptions(StrictModel):
+    ignore_case: bool = True
+    ignore_punctuation: bool = True
+    normalize_whitespace: bool = True
+    regex: str | None = Field(default=None, description="Pattern for regex_match (defaults to the expected text).")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            import re
+
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class EvaluationSpec(KindSpec):
+    kind: ClassVar[str] = "Evaluation"
+
+    model: str = Field(description="A TuningJob name, or base:<model ref> for an untuned base model.")
+    dataset: str
+    prompt: str | None = Field(default=None, description="Only for base: models; tuned models use their own.")
+    compare_to: list[Baseline] | Baseline | Literal["none"] = "base"
+    thresholds: list[Threshold] = Field(min_length=1)
+    metrics: list[Metric] = Field(default_factory=list, description="Extra metrics to report (not gated).")
+    metric_options: MetricOptions = Field(default_factory=MetricOptions)
+    generation: Generation = Field(default_factory=Generation)
+    repeats: PositiveInt = 1
+    aggregate: Literal["mean", "min"] = "mean"
+    max_examples: PositiveInt | None = None
+    gpus: float = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvaluationSpec":
+        import re
+
+        if self.model.startswith("base:"):
+            if not re.match(MODEL_REF, self.model.removeprefix("base:")):
+                raise ValueError("base: models are written base:builtin:tiny-llama | base:hf:org/name | base:path:dir")
+            if self.prompt is None:
+                raise ValueError("an Evaluation of a base: model needs 'prompt' (tuned models bring their own)")
+        baselines = set(self.baselines())
+        for t in self.thresholds:
+            if t.is_relative():
+                wanted = t.baseline or (sorted(baselines)[0] if baselines else None)
+                if wanted is None or wanted not in baselines:
+                    raise ValueError(f"threshold on {t.metric} is relative but compare_to has no '{wanted or 'baseline'}'")
+        if self.repeats > 1 and not self.generation.do_sample:
+            raise ValueError("repeats > 1 only makes sense with generation.do_sample: true")
+        return self
+
+    def baselines(self) -> list[str]:
+        if self.compare_to == "none":
+            return []
+        return [self.compare_to] if isinstance(self.compare_to, str) else list(self.compare_to)
+
+    def metric_names(self) -> list[str]:
+        names = [t.metric for t in self.thresholds] + list(self.metrics)
+        return list(dict.fromkeys(names))
+
+    def references(self) -> list[Reference]:
+        model = None if self.model.startswith("base:") else self.model
+        return (
+            reference("spec.model", "TuningJob", model)
+            + reference("spec.dataset", "Dataset", self.dataset)
+            + reference("spec.prompt", "Prompt", self.prompt)
+        )

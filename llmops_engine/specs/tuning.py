@@ -1,0 +1,90 @@
+"""TuningJob: QLoRA / LoRA / full fine-tuning of a base model on a Dataset, via Ray Train."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from .base import KindSpec, Reference, StrictModel, reference
+
+MODEL_REF = r"^(builtin:[a-z0-9-]+|hf:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|path:.+)$"
+BUILTIN_MODELS = ("tiny-llama",)
+
+
+class Quantization(StrictModel):
+    bits: Literal[4, 8] = 4
+    type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+class Lora(StrictModel):
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full beside the adapter (e.g. lm_head)."
+    )
+
+
+class Training(StrictModel):
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = Field(default=None, description="Stop after this many steps (overrides epochs).")
+    learning_rate: PositiveFloat = 2e-4
+    batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 1
+    max_seq_len: PositiveInt = 256
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: NonNegativeFloat = 0.0
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    save_every_steps: PositiveInt = Field(default=50, description="Checkpoint interval (resume point).")
+    seed: int = 42
+
+
+class Resources(StrictModel):
+    workers: PositiveInt = 1
+    gpus_per_worker: NonNegativeFloat = 0
+    cpus_per_worker: PositiveFloat = 1
+
+
+class TuningJobSpec(KindSpec):
+    kind: ClassVar[str] = "TuningJob"
+
+    base_model: str = Field(pattern=MODEL_REF, description="builtin:tiny-llama | hf:org/name | path:dir")
+    dataset: str
+    prompt: str
+    method: Literal["qlora", "lora", "full"] = "qlora"
+    quantization: Quantization | None = None
+    lora: Lora = Field(default_factory=Lora)
+    training: Training = Field(default_factory=Training)
+    resources: Resources = Field(default_factory=Resources)
+    export: list[Literal["adapter", "merged"]] = Field(default_factory=lambda: ["adapter"])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TuningJobSpec":
+        if self.base_model.startswith("builtin:"):
+            name = self.base_model.removeprefix("builtin:")
+            if name not in BUILTIN_MODELS:
+                raise ValueError(f"unknown builtin model '{name}'; available: {', '.join(BUILTIN_MODELS)}")
+        if self.method == "qlora":
+            quant = self.quantization or Quantization()
+            if quant.bits != 4:
+                raise ValueError("method qlora needs quantization.bits: 4 (use method: lora for 8-bit or none)")
+        elif self.method == "full" and self.quantization is not None:
+            raise ValueError("method full cannot train quantized weights; remove 'quantization' or use qlora")
+        if "merged" in self.export and self.method == "full":
+            raise ValueError("export 'merged' applies to adapters; a full fine-tune is already merged")
+        return self
+
+    def effective_quantization(self) -> Quantization | None:
+        if self.method == "qlora":
+            return self.quantization or Quantization()
+        return self.quantization if self.method == "lora" else None
+
+    def references(self) -> list[Reference]:
+        return reference("spec.dataset", "Dataset", self.dataset) + reference("spec.prompt", "Prompt", self.prompt)
+
+    def repo_paths(self) -> list[str]:
+        return [self.base_model.removeprefix("path:")] if self.base_model.startswith("path:") else []

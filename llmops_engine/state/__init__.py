@@ -1,0 +1,1 @@
+"""Where the engine remembers things: artifacts and resource records (shared), journal (local)."""
