@@ -1,0 +1,114 @@
+"""The CLI through Typer's runner (in-process) and as a subprocess (import cost)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from llmops_engine.cli import app
+from tests import recording_controllers
+from tests.test_apply_e2e import SPECS
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def root(make_project):
+    root = make_project(SPECS)
+    (root / "data").mkdir()
+    (root / "data" / "x.jsonl").write_text('{"q": "1", "a": "2"}\n')
+    return root
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_validate_ok_and_errors_without_traceback(root):
+    assert invoke("validate", "-C", root).exit_code == 0
+    job = root / "specs" / "job.yaml"
+    job.write_text(job.read_text().replace("epochs: 1", "epoch: 1"))
+    result = invoke("validate", "-C", root)
+    assert result.exit_code == 1
+    assert "specs/job.yaml:4:" in result.output and "did you mean 'epochs'?" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_validate_github_annotations(root):
+    job = root / "specs" / "job.yaml"
+    job.write_text(job.read_text().replace("dataset: d", "dataset: dd"))
+    result = invoke("validate", "-C", root, "--format", "github")
+    assert result.exit_code == 1
+    assert "::error file=specs/job.yaml,line=4," in result.output
+
+
+def test_plan_text_json_out_and_detailed_exitcode(root, tmp_path):
+    result = invoke("plan", "-C", root)
+    assert result.exit_code == 0
+    assert "+ Dataset/d" in result.output and "Plan: 3 to create, 0 to update, 0 to delete." in result.output
+    assert invoke("plan", "-C", root, "--detailed-exitcode").exit_code == 2
+    data = json.loads(invoke("plan", "-C", root, "--json").output)
+    assert [a["action"] for a in data["actions"]] == ["create"] * 3
+    out = tmp_path / "plan.json"
+    assert invoke("plan", "-C", root, "--out", out).exit_code == 0
+    assert json.loads(out.read_text())["desired_digest"] == data["desired_digest"]
+    assert "| `+` | `Dataset/d` | create |" in invoke("plan", "-C", root, "--format", "markdown").output
+
+
+def test_apply_status_history_and_noop(root, tmp_path):
+    recording_controllers.install()
+    try:
+        out = tmp_path / "plan.json"
+        invoke("plan", "-C", root, "--out", out)
+        result = invoke("apply", out, "-C", root)
+        assert result.exit_code == 0, result.output
+        assert "Apply complete: 3 changed" in result.output
+        assert invoke("plan", "-C", root, "--detailed-exitcode").exit_code == 0
+        stale = invoke("apply", out, "-C", root)
+        assert stale.exit_code == 1 and "stale" in stale.output
+        status = json.loads(invoke("status", "-C", root, "--json").output)
+        assert {r["name"]: r["state"] for r in status} == {"d": "ready", "p": "ready", "t": "ready"}
+        assert "TuningJob" in invoke("status", "-C", root).output
+        history = json.loads(invoke("history", "TuningJob/t", "-C", root, "--json").output)
+        assert history[0]["status"] == "succeeded"
+    finally:
+        recording_controllers.uninstall()
+
+
+def test_schema_command_writes_schema(tmp_path):
+    out = tmp_path / "s.json"
+    assert invoke("schema", "--out", out).exit_code == 0
+    schema = json.loads(out.read_text())
+    assert set(schema["properties"]["kind"]["enum"]) == {"Dataset", "Prompt", "TuningJob", "Evaluation", "Deployment"}
+
+
+def test_init_scaffolds_a_valid_project(tmp_path):
+    target = tmp_path / "new"
+    assert invoke("init", target).exit_code == 0
+    assert invoke("validate", "-C", target).exit_code == 0
+    again = invoke("init", target)
+    assert again.exit_code == 1 and "refusing to overwrite" in again.output
+
+
+def test_missing_plan_file_is_a_clear_error(root):
+    result = invoke("apply", root / "nope.json", "-C", root)
+    assert result.exit_code == 1 and "not found" in result.output
+
+
+HEAVY = ("torch", "ray", "great_expectations", "transformers", "peft", "dvc", "pandas")
+
+
+@pytest.mark.parametrize("command", [["--help"], ["validate"], ["plan"], ["status"]])
+def test_light_commands_import_nothing_heavy(root, command):
+    probe = (
+        "import sys, runpy\n"
+        f"sys.argv = ['llmops', *{command!r}]\n"
+        "try:\n    runpy.run_module('llmops_engine', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
