@@ -17,13 +17,31 @@ FILES = {
 }
 
 
+WORKFLOWS = ("llmops-plan.yml", "llmops-apply.yml")
+
+
+def workflow_files() -> dict[str, str]:
+    """The plan/apply workflows this repository runs, adapted to a project that installs
+    llmops as a package instead of from source."""
+    from importlib.resources import files
+
+    templates = files("llmops_engine") / "templates" / "workflows"
+    result = {}
+    for name in WORKFLOWS:
+        text = (templates / name).read_text()
+        text = text.replace("./scripts/setup.sh", "python -m pip install llmops-engine")
+        result[f".github/workflows/{name}"] = text.replace(".venv/bin/llmops", "llmops")
+    return result
+
+
 def scaffold(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    existing = [name for name in FILES if (directory / name).exists() and name != ".gitignore"]
+    planned = {**FILES, **workflow_files()}
+    existing = [name for name in planned if (directory / name).exists() and name != ".gitignore"]
     if existing:
         raise ProjectError(f"{directory} already has {', '.join(existing)}; refusing to overwrite")
     written = []
-    for name, text in FILES.items():
+    for name, text in planned.items():
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if name == ".gitignore" and path.exists():
