@@ -195,14 +195,26 @@ def history(
     console.print(table)
 
 
+class SchemaFormat(str, Enum):
+    json = "json"
+    markdown = "markdown"
+
+
 @app.command()
 def schema(
-    out: Path = typer.Option(Path("schema/llmops.schema.json"), "--out", "-o", help="Where to write; '-' for stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write; '-' for stdout."),
+    fmt: SchemaFormat = typer.Option(SchemaFormat.json, "--format", help="json (JSON Schema) | markdown (reference)"),
 ) -> None:
-    """Write the JSON Schema of all kinds (for editor autocompletion)."""
-    from .schema import render_schema
+    """Write the JSON Schema of all kinds (for editor autocompletion), or the Markdown spec reference."""
+    if fmt == SchemaFormat.markdown:
+        from .specdoc import DEFAULT_PATH, render_reference
 
-    text = render_schema()
+        text, default = render_reference(), DEFAULT_PATH
+    else:
+        from .schema import DEFAULT_PATH, render_schema
+
+        text, default = render_schema(), DEFAULT_PATH
+    out = out or Path(default)
     if str(out) == "-":
         sys.stdout.write(text)
         return

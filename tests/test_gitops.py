@@ -114,3 +114,34 @@ def test_validation_errors_become_annotations(tmp_path):
     result = llmops(root, "validate", "--format", "github")
     assert result.returncode == 1
     assert "::error file=specs/job.yaml,line=4,col=54,title=llmops spec::spec.prompt: no Prompt named 'missing'" in result.stdout
+
+
+def test_two_clones_sharing_a_store_agree_on_what_is_done(tmp_path):
+    store = tmp_path / "shared-store"
+    settings = f"spec_dirs: [specs]\nstate_dir: .llmops\nartifact_store: file://{store}\n"
+    clones = []
+    for name in ("a", "b"):
+        root = write_project(tmp_path / name, SPECS, settings=settings)
+        (root / "data").mkdir()
+        (root / "data" / "x.jsonl").write_text('{"q": "1", "a": "2"}\n')
+        clones.append(root)
+    a, b = clones
+    from llmops_engine.engine import Engine
+    from llmops_engine.project import load_project
+
+    recording_controllers.install()
+    try:
+        assert Engine(load_project(a), report=lambda _: None).apply().exit_code() == 0
+    finally:
+        recording_controllers.uninstall()
+    plan_b = llmops(b, "plan", "--detailed-exitcode")
+    assert plan_b.returncode == 0, plan_b.stdout + plan_b.stderr
+    assert "No changes" in plan_b.stdout
+    assert not (b / ".llmops" / "store").exists()
+    data = b / "specs" / "data.yaml"
+    data.write_text(data.read_text().replace("output: a}", "output: a}\n  split: {seed: 7}"))
+    plan_b = llmops(b, "plan", "--json")
+    import json
+
+    changed = {a["key"]: a["action"] for a in json.loads(plan_b.stdout)["actions"] if a["action"] != "no-op"}
+    assert changed == {"Dataset/d": "update", "TuningJob/t": "update"}

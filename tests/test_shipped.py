@@ -21,6 +21,13 @@ def test_committed_schema_is_up_to_date():
     assert committed == render_schema(), "run: llmops schema --out schema/llmops.schema.json"
 
 
+def test_committed_spec_reference_is_up_to_date():
+    from llmops_engine.specdoc import DEFAULT_PATH as DOC, render_reference
+
+    committed = (REPO / DOC).read_text()
+    assert committed == render_reference(), "run: llmops schema --format markdown"
+
+
 def test_example_specs_point_editors_at_the_schema():
     for spec in sorted((REPO / "specs").glob("*.yaml")):
         first = spec.read_text().splitlines()[0]
