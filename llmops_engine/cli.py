@@ -257,6 +257,15 @@ def down(directory: Optional[Path] = DirOption) -> None:
     console.print("stopped the local Ray head" if stopped else "no local Ray head is running")
 
 
+def _mount_subcommands() -> None:
+    from .data.cli import app as data_app
+
+    app.add_typer(data_app, name="data", help="Dataset stages (what dvc.yaml runs).")
+
+
+_mount_subcommands()
+
+
 def main() -> None:
     try:
         app()

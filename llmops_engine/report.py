@@ -32,8 +32,29 @@ def _print_endpoints(console: Console, engine: Engine) -> None:
         if not endpoint:
             continue
         console.print(f"\n[bold]{record.name}[/bold] serves model {record.outputs.get('model_version', '?')} at {endpoint}")
-        for line in record.outputs.get("usage", []):
-            console.print(line, highlight=False, markup=False)
+        for line in usage_lines(engine, record):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def usage_lines(engine: Engine, record) -> list[str]:
+    """A curl command and an openai SDK snippet that work as printed."""
+    endpoint = record.outputs["endpoint"]
+    model = record.outputs.get("model_id", record.name)
+    auth = record.spec.get("auth")
+    env = auth.get("api_keys_env") if isinstance(auth, dict) else None
+    lines = []
+    demo_key = engine.project.state_dir / "demo-api-key"
+    if env and demo_key.is_file():
+        lines.append(f"export {env}=$(cat {demo_key.relative_to(engine.project.root)})   # the demo's local key")
+    header = f' -H "Authorization: Bearer ${env}"' if env else ""
+    body = '{"model": "%s", "messages": [{"role": "user", "content": "How do I reset my password?"}]}' % model
+    lines.append(f"curl -s {endpoint}/chat/completions{header} -H 'Content-Type: application/json' -d '{body}'")
+    key_expr = f'os.environ["{env}"].split(",")[0]' if env else '"none"'
+    lines.append(
+        f'python -c \'import os, openai; c = openai.OpenAI(base_url="{endpoint}", api_key={key_expr}); '
+        f'print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "How do I reset my password?"}}]).choices[0].message.content)\''
+    )
+    return lines
 
 
 def status_rows(engine: Engine) -> list[dict]:
