@@ -90,6 +90,10 @@ class ContentHasher:
             os.replace(tmp, self.cache_file)
 
 
+def environment_inputs(resource: Resource) -> dict[str, str]:
+    return {f"env:{name}": os.environ[name] for name in resource.spec.env_inputs if os.environ.get(name)}
+
+
 def fingerprint_all(
     by_key: Mapping[str, Resource], order: list[str], hasher: ContentHasher
 ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -99,7 +103,7 @@ def fingerprint_all(
     for key in order:
         resource = by_key[key]
         deps = {dep: fingerprints[dep] for dep in dependencies(resource) if dep in fingerprints}
-        inputs[key] = hasher.hash_inputs(resource.spec.repo_paths())
+        inputs[key] = hasher.hash_inputs(resource.spec.repo_paths()) | environment_inputs(resource)
         fingerprints[key] = compute_fingerprint(resource, deps, inputs[key])
     hasher.save()
     return fingerprints, inputs

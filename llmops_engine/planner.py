@@ -137,7 +137,10 @@ def _reasons(resource: DesiredResource, old: ObservedResource, changing: set[str
 
 def _input_reasons(old: dict[str, str], new: dict[str, str]) -> list[str]:
     changed = sorted(path for path in set(old) | set(new) if old.get(path) != new.get(path))
-    return [f"data changed: {path}" for path in changed]
+    return [
+        f"environment changed: {path[4:]}" if path.startswith("env:") else f"data changed: {path}"
+        for path in changed
+    ]
 
 
 def diff_paths(old: Any, new: Any, prefix: str = "") -> list[str]:

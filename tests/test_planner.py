@@ -70,6 +70,12 @@ SCENARIOS = [
         [(DATA, "no-op", [])],
     ),
     (
+        "an output-changing environment variable is named",
+        [desired(JOB, "t2", inputs={"env:LLMOPS_MAX_STEPS": "10"})],
+        {JOB: observed(JOB, "t1")},
+        [(JOB, "update", ["environment changed: LLMOPS_MAX_STEPS"])],
+    ),
+    (
         "new spec key appears as a path",
         [desired(JOB, "t2", spec={"export": ["adapter", "merged"], "lora": {"r": 8}})],
         {JOB: observed(JOB, "t1", spec={"export": ["adapter"], "lora": {"r": 8}})},

@@ -42,6 +42,9 @@ class KindSpec(StrictModel):
     """Base of each kind's ``spec:`` body."""
 
     kind: ClassVar[str]
+    # Environment variables that change this kind's outputs (e.g. a CI step cap); their
+    # values join the fingerprint so a capped run is never mistaken for a full one.
+    env_inputs: ClassVar[tuple[str, ...]] = ()
 
     def references(self) -> list[Reference]:
         return []

@@ -1,0 +1,87 @@
+"""The README's main command, end to end, on a fresh copy of the repository's demo:
+DVC data → GX validation → QLoRA on Ray Train → evaluation gate → Ray Serve → real HTTP.
+
+Same code path as `./scripts/demo.sh`; only the number of training steps is capped
+(LLMOPS_MAX_STEPS) so CI stays fast. Timings are printed, not asserted.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_PATHS = ("specs", "llmops.yaml", "data.dvc", ".dvc", ".dvcignore", "data", "dvc.yaml", "dvc.lock", "schema")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fresh_clone(target: Path) -> Path:
+    """What `git clone` would give: tracked (and not-ignored) files only."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *DEMO_PATHS],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for rel in listed:
+        if (REPO / rel).is_file():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, target / rel)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "clone"]):
+        subprocess.run(["git", *args], cwd=target, check=True, capture_output=True, env=env)
+    return target
+
+
+def llmops(root: Path, *args: str, env: dict, timeout: float = 900):
+    exe = Path(sys.executable).parent / "llmops"
+    return subprocess.run([str(exe), *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_demo_apply_end_to_end(tmp_path):
+    root = fresh_clone(tmp_path / "demo")
+    assert not (root / "data" / "support_tickets.jsonl").exists(), "raw data must come from data.dvc, not git"
+    port = free_port()
+    settings = (root / "llmops.yaml").read_text().replace("port: 8000", f"port: {port}")
+    (root / "llmops.yaml").write_text(settings)
+    key = "sk-e2e-" + os.urandom(8).hex()
+    env = {**os.environ, "LLMOPS_MAX_STEPS": os.environ.get("LLMOPS_MAX_STEPS", "60"), "LLMOPS_API_KEYS": key}
+    try:
+        started = time.monotonic()
+        first = llmops(root, "apply", env=env)
+        elapsed = time.monotonic() - started
+        print(f"\nfirst apply: {elapsed:.1f} s\n{first.stdout[-3000:]}")
+        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+        assert f"http://127.0.0.1:{port}/v1" in first.stdout
+        assert "curl -s" in first.stdout and "openai.OpenAI" in first.stdout
+        assert key not in first.stdout + first.stderr, "the API key leaked into output"
+
+        import openai
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
+        reply = client.chat.completions.create(
+            model="support-api", messages=[{"role": "user", "content": "How do I reset my password?"}], max_tokens=32
+        )
+        assert reply.choices[0].message.content.strip()
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
+
+        started = time.monotonic()
+        second = llmops(root, "apply", env=env)
+        print(f"second apply (no-op): {time.monotonic() - started:.2f} s")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "No changes" in second.stdout
+        for path in (root / ".llmops").rglob("*"):
+            if path.is_file() and path.stat().st_size < 5_000_000:
+                assert key.encode() not in path.read_bytes(), f"API key written to {path}"
+    finally:
+        llmops(root, "down", env=env, timeout=120)
