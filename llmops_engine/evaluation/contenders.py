@@ -1,0 +1,109 @@
+"""Which models an Evaluation scores: the candidate and its baselines (base, champion).
+
+Every contender is rendered with one template so that the comparison is fair: the
+candidate's own (a tuned model's template.json, or the spec's Prompt for a base: model),
+except the champion, which is asked the way it was tuned to be asked.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..controllers.base import ApplyContext
+from ..errors import EvaluationError
+from ..specs.resource import Resource
+
+TEMPLATE_KEYS = ("system", "template", "template_no_input")
+
+
+@dataclass(frozen=True)
+class Contender:
+    role: str  # candidate | base | champion
+    label: str  # TuningJob fingerprint, or the base model ref
+    template: dict  # system / template / template_no_input, as in template.json
+    template_hash: str
+    model_dir: str | None = None  # a TuningJob artifact dir ...
+    base_ref: str | None = None  # ... or an untuned base model (builtin:, hf:, path:)
+
+
+def candidate(resource: Resource, ctx: ApplyContext) -> Contender:
+    spec = resource.spec
+    if spec.model.startswith("base:"):
+        prompt = ctx.resources[f"Prompt/{spec.prompt}"].spec
+        template = {key: getattr(prompt, key) for key in TEMPLATE_KEYS}
+        ref = _absolute_ref(spec.model.removeprefix("base:"), ctx)
+        return Contender("candidate", spec.model, template, prompt.template_hash(), base_ref=ref)
+    key = f"TuningJob/{spec.model}"
+    return _trained("candidate", ctx.fingerprint(key), ctx.artifact_dir(key))
+
+
+def baselines(resource: Resource, ctx: ApplyContext, cand: Contender) -> tuple[list[Contender], dict[str, str]]:
+    """The baselines to score beside the candidate, and those skipped (name -> why)."""
+    found, skipped = [], {}
+    for name in resource.spec.baselines():
+        if name == "base":
+            found.append(_base_of(cand, ctx))
+            continue
+        champion = live_champion(resource.name, ctx)
+        if champion is None:
+            skipped[name] = "no live deployment uses this gate yet"
+        elif champion.label == cand.label:
+            skipped[name] = "the candidate is already the live champion"
+        else:
+            found.append(champion)
+    return found, skipped
+
+
+def live_champion(gate: str, ctx: ApplyContext) -> Contender | None:
+    """The model version served by the newest ready Deployment gated by this Evaluation."""
+    serving = [
+        r for r in ctx.records.values()
+        if r.kind == "Deployment" and r.status == "ready" and r.spec.get("gate") == gate
+        and r.outputs.get("model_fingerprint")
+    ]
+    if not serving:
+        return None
+    record = max(serving, key=lambda r: r.applied_at)
+    fingerprint = record.outputs["model_fingerprint"]
+    model_dir = ctx.store.local_path(fingerprint)
+    if not model_dir.is_dir():
+        raise EvaluationError(
+            f"{record.key} serves model {fingerprint[:12]}, but its artifacts are not in the store "
+            f"({model_dir}); restore the store or use compare_to: base"
+        )
+    return _trained("champion", fingerprint, model_dir)
+
+
+def _trained(role: str, fingerprint: str, model_dir: Path) -> Contender:
+    try:
+        template = json.loads((model_dir / "template.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"model {fingerprint[:12]} has no readable template.json in {model_dir}") from exc
+    if not isinstance(template, dict) or not template.get("template"):
+        raise EvaluationError(f"{model_dir / 'template.json'} has no 'template'; re-run its TuningJob")
+    return Contender(
+        role, fingerprint, {k: template.get(k) for k in TEMPLATE_KEYS}, template.get("template_hash", ""),
+        model_dir=str(model_dir),
+    )
+
+
+def _base_of(cand: Contender, ctx: ApplyContext) -> Contender:
+    """The untuned base model, asked with the candidate's template."""
+    if cand.base_ref is not None:
+        ref = cand.base_ref
+    else:
+        try:
+            ref = json.loads(Path(cand.model_dir, "model.json").read_text())["base_model"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise EvaluationError(f"cannot tell the base model of {cand.label[:12]}: no model.json") from exc
+        ref = _absolute_ref(ref, ctx)
+    return Contender("base", f"base:{ref}", cand.template, cand.template_hash, base_ref=ref)
+
+
+def _absolute_ref(ref: str, ctx: ApplyContext) -> str:
+    # Ray workers do not run in the project root: make path: refs absolute.
+    if ref.startswith("path:") and not Path(ref.removeprefix("path:")).is_absolute():
+        return "path:" + str(ctx.root / ref.removeprefix("path:"))
+    return ref

@@ -1,0 +1,163 @@
+"""The saved result of an Evaluation: metrics.json, examples.jsonl and report.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from .gates import fmt, table
+from .metrics import LOWER_IS_BETTER, NEUTRAL, NOT_DETERMINISTIC
+from .outcome import Outcome
+
+WORST_EXAMPLES = 5
+
+
+def write_results(directory: Path, outcome: Outcome, run_info: dict) -> None:
+    """Write the three result files; `run_info` holds seed, batch size, dataset, fingerprint..."""
+    (directory / "metrics.json").write_text(json.dumps(metrics_document(outcome, run_info), indent=2))
+    with (directory / "examples.jsonl").open("w", encoding="utf-8") as handle:
+        for row in example_rows(outcome):
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (directory / "report.md").write_text(markdown(outcome, run_info), encoding="utf-8")
+
+
+def keep_failed_report(staging: Path, target: Path) -> Path:
+    """Copy a failed run's results outside objects/, replacing an older failed report of the
+    same fingerprint. The apply then fails and discards staging; this copy stays."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name[:12]}-", dir=target.parent))
+    shutil.copytree(staging, temporary, dirs_exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(temporary, target)
+    return target
+
+
+def metrics_document(outcome: Outcome, run_info: dict) -> dict:
+    def model_entry(contender):
+        scores = outcome.scores[contender.role]
+        return {
+            "model": contender.label,
+            "template_hash": contender.template_hash,
+            "metrics": scores.values,
+            "errors": scores.errors,
+        }
+
+    return {
+        "passed": outcome.verdict.passed,
+        "examples": len(outcome.examples),
+        "candidate": model_entry(outcome.candidate),
+        "baselines": {c.role: model_entry(c) for c in outcome.baselines},
+        "skipped_baselines": outcome.skipped,
+        "thresholds": [asdict(c) for c in outcome.verdict.checks],
+        "notes": outcome.notes,
+        "model_fingerprints": {c.role: c.label for c in outcome.contenders},
+        "not_deterministic": sorted(NOT_DETERMINISTIC),
+        **run_info,
+    }
+
+
+def example_rows(outcome: Outcome):
+    for index, example in enumerate(outcome.examples):
+        row = {
+            "index": index,
+            "instruction": example["instruction"],
+            "input": example.get("input", ""),
+            "expected": example["output"],
+        }
+        for contender in outcome.contenders:
+            runs = outcome.runs.get(contender.role) or []
+            if not runs:
+                continue
+            entry = {"output": runs[0].outputs[index], "scores": outcome.scores[contender.role].per_example[index]}
+            if len(runs) > 1:
+                entry["other_repeats"] = [run.outputs[index] for run in runs[1:]]
+            row[contender.role] = entry
+        yield row
+
+
+def markdown(outcome: Outcome, run_info: dict) -> str:
+    verdict = "PASSED" if outcome.verdict.passed else "FAILED"
+    lines = [
+        f"# Evaluation {run_info['evaluation']}: gate {verdict}",
+        "",
+        f"- candidate: `{outcome.candidate.label}`",
+        *[f"- {c.role}: `{c.label}`" for c in outcome.baselines],
+        f"- dataset: {run_info['dataset']['name']} eval split, {len(outcome.examples)} examples",
+        f"- decoding: {_decoding(run_info)}; seed {run_info['seed']}, batch size {run_info['batch_size']}",
+        f"- template hash: `{run_info['template_hash'][:12]}`; fingerprint `{run_info['fingerprint'][:12]}`",
+        "",
+        "## Gate",
+        "",
+        table(outcome.verdict),
+        "",
+        *[f"> note: {note}" for note in outcome.notes],
+        "",
+        "## Metrics",
+        "",
+        _metrics_table(outcome),
+        "",
+        "Latency is the wall time of the batched generate call that answered each example "
+        "(after one warm-up call); it varies between runs, every other metric is deterministic "
+        "for greedy decoding.",
+        "",
+        *_worst_examples(outcome),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _decoding(run_info: dict) -> str:
+    gen = run_info["generation"]
+    if not gen["do_sample"]:
+        return f"greedy, max {gen['max_new_tokens']} new tokens"
+    return (
+        f"sampled (temperature {gen['temperature']}, top_p {gen['top_p']}), max {gen['max_new_tokens']} new "
+        f"tokens, {run_info['repeats']} repeats aggregated by {run_info['aggregate']}"
+    )
+
+
+def _metrics_table(outcome: Outcome) -> str:
+    roles = [c.role for c in outcome.contenders]
+    header = "| metric | " + " | ".join(roles) + " | better |"
+    lines = [header, "|---" * (len(roles) + 2) + "|"]
+    for metric, value in outcome.scores[roles[0]].values.items():
+        cells = [fmt(outcome.scores[r].values.get(metric)) for r in roles]
+        better = "-" if metric in NEUTRAL else ("lower" if metric in LOWER_IS_BETTER else "higher")
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {better} |")
+    return "\n".join(lines)
+
+
+def _worst_examples(outcome: Outcome) -> list[str]:
+    """The candidate's worst examples by the first gated per-example quality metric."""
+    role = outcome.candidate.role
+    per_example = outcome.scores[role].per_example
+    gated = dict.fromkeys(c.metric for c in outcome.verdict.checks)
+    metric = next(
+        (m for m in gated if per_example and m in per_example[0] and m not in NOT_DETERMINISTIC), None
+    )
+    if metric is None:
+        return []
+    order = sorted(range(len(per_example)), key=lambda i: per_example[i][metric], reverse=metric in LOWER_IS_BETTER)
+    lines = [f"## Worst {min(WORST_EXAMPLES, len(order))} examples by {metric}", ""]
+    for index in order[:WORST_EXAMPLES]:
+        example = outcome.examples[index]
+        lines += [f"### Example {index} ({metric} {fmt(per_example[index][metric])})", ""]
+        lines += [f"- instruction: {_quote(example['instruction'])}"]
+        if example.get("input"):
+            lines += [f"- input: {_quote(example['input'])}"]
+        lines += [f"- expected: {_quote(example['output'])}"]
+        for contender in outcome.contenders:
+            runs = outcome.runs.get(contender.role) or []
+            if runs:
+                score = outcome.scores[contender.role].per_example[index].get(metric)
+                lines += [f"- {contender.role} ({fmt(score)}): {_quote(runs[0].outputs[index])}"]
+        lines.append("")
+    return lines
+
+
+def _quote(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split()).replace("`", "'")
+    return f"`{text[:limit]}{'...' if len(text) > limit else ''}`"

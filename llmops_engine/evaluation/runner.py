@@ -1,0 +1,141 @@
+"""Run the contenders over the eval examples as one Ray task, and read back raw results.
+
+The task loads each model in turn (candidate first, then baselines), so every model sees
+the same prompts in the same run. It returns raw material only — outputs, token counts,
+latencies, losses; metrics are computed on the driver (metrics.py), where they are pure.
+Ray, torch and transformers are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import EvaluationError, LLMOpsError
+from ..project import Project
+from ..specs.evaluation import Generation
+from ..specs.prompt import PromptSpec
+from .contenders import Contender
+from .metrics import ModelRun
+
+
+def load_examples(dataset_dir: Path, limit: int | None) -> list[dict]:
+    """The eval split (first `limit` rows): instruction, input, output."""
+    path = dataset_dir / "eval.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"cannot read the eval split {path}: {exc}") from exc
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not isinstance(row.get("output"), str):
+            raise EvaluationError(f"{path}: row {index + 1} lacks string 'instruction'/'output'")
+    return rows[:limit] if limit else rows
+
+
+def render(template: dict, example: dict) -> str:
+    """The prompt for one example; the same rendering the Prompt kind defines."""
+    return PromptSpec(**{k: v for k, v in template.items() if v is not None}).render(
+        example["instruction"], example.get("input") or ""
+    )
+
+
+def run_on_cluster(
+    project: Project,
+    store_root: Path,
+    contenders: list[Contender],
+    examples: list[dict],
+    generation: Generation,
+    repeats: int,
+    gpus: float,
+    run_name: str,
+) -> dict[str, list[ModelRun]]:
+    """role -> one ModelRun per repeat. Raises EvaluationError when the task fails."""
+    import ray
+
+    from ..raycluster import connect
+
+    connect(project)
+    prompts = {c.role: [render(c.template, e) for e in examples] for c in contenders}
+    expected = [e["output"] for e in examples]
+    task = ray.remote(score_contenders).options(
+        name=f"evaluate-{run_name}", num_cpus=1, num_gpus=gpus, max_retries=0
+    )
+    jobs = [asdict(c) for c in contenders]
+    try:
+        raw = ray.get(task.remote(jobs, prompts, expected, generation.model_dump(), repeats, gpus > 0, str(store_root)))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(exc.cause, Exception) else exc
+        raise EvaluationError(f"the evaluation task failed: {_short(cause)}") from cause
+    except ray.exceptions.RayError as exc:
+        raise EvaluationError(f"the evaluation task could not run on Ray: {_short(exc)}") from exc
+    return {role: [ModelRun(**r) for r in runs] for role, runs in raw.items()}
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, LLMOpsError) else f"{type(exc).__name__}: {exc}"
+    return text.strip()[:500]
+
+
+# --- on the Ray worker --------------------------------------------------------------------
+def score_contenders(
+    jobs: list[dict],
+    prompts: dict[str, list[str]],
+    expected: list[str],
+    generation: dict,
+    repeats: int,
+    use_gpu: bool,
+    store_root: str,
+) -> dict[str, list[dict]]:
+    device = "cuda" if use_gpu else "cpu"
+    results = {}
+    for job in jobs:
+        model = _load(Contender(**job), device, Path(store_root))
+        role_prompts = prompts[job["role"]]
+        losses = _losses(model, role_prompts, expected, generation["batch_size"])
+        results[job["role"]] = [
+            {**_decode(model, role_prompts, generation, generation["seed"] + repeat), "losses": losses}
+            for repeat in range(repeats)
+        ]
+        del model  # one model in memory at a time
+    return results
+
+
+def _load(contender: Contender, device: str, store_root: Path):
+    from ..models import load_base, load_trained
+
+    if contender.model_dir is not None:
+        return load_trained(Path(contender.model_dir), device=device)
+    return load_base(contender.base_ref, store_root, device=device)
+
+
+def _decode(model, prompts: list[str], generation: dict, seed: int) -> dict:
+    """Batched decoding; each example's latency is the wall time of the call that answered it."""
+    settings = dict(
+        max_new_tokens=generation["max_new_tokens"],
+        do_sample=generation["do_sample"],
+        temperature=generation["temperature"],
+        top_p=generation["top_p"],
+        seed=seed,
+    )
+    if prompts:
+        model.generate(prompts[:1], **{**settings, "max_new_tokens": 1})  # warm-up, not timed
+    outputs, tokens, latencies = [], [], []
+    size = generation["batch_size"]
+    for start in range(0, len(prompts), size):
+        began = time.perf_counter()
+        answers = model.generate(prompts[start : start + size], **settings)
+        elapsed_ms = (time.perf_counter() - began) * 1000
+        outputs += [a.text for a in answers]
+        tokens += [a.completion_tokens for a in answers]
+        latencies += [elapsed_ms] * len(answers)
+    return {"outputs": outputs, "output_tokens": tokens, "latencies_ms": latencies}
+
+
+def _losses(model, prompts: list[str], expected: list[str], size: int) -> list[float]:
+    losses: list[float] = []
+    for start in range(0, len(prompts), size):
+        losses += [float(x) for x in model.loss(prompts[start : start + size], expected[start : start + size])]
+    return losses

@@ -1,0 +1,225 @@
+"""Evaluation end to end on a real Ray cluster with real (tiny) models: a tuned model passes
+a gate that its untuned base fails, greedy results are reproducible, sampled repeats are
+aggregated, a broken model fails closed, and a failed gate blocks the Deployment after it."""
+
+import json
+import shutil
+import textwrap
+
+import pytest
+
+from llmops_engine import controllers
+from llmops_engine.controllers.evaluation import EvaluationController
+from llmops_engine.controllers.prompt import PromptController
+from llmops_engine.engine import Engine
+from llmops_engine.errors import EvaluationError, GateFailed
+from llmops_engine.evaluation.metrics import NOT_DETERMINISTIC
+from llmops_engine.project import Project, ProjectSettings
+from tests import recording_controllers
+from tests.eval_helpers import DATASET, PROMPT, ROWS, make_context, publish_dataset, resource, train_tiny
+
+pytestmark = pytest.mark.slow
+
+TUNING = resource("TuningJob", "tuned", base_model="builtin:tiny-llama", dataset="d", prompt="p", method="full")
+GATE = [{"metric": "rouge_l", "min": 0.5}, {"metric": "rouge_l", "min_delta_vs_baseline": 0.3}]
+GENERATION = {"max_new_tokens": 32, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def workspace(ray_project, tmp_path_factory):
+    """A store shared by this module's tests, holding a tiny model tuned on ROWS."""
+    import ray
+
+    root = tmp_path_factory.mktemp("eval-e2e")
+    ctx = make_context(root, [TUNING])
+    train_tiny(ctx.store.root, ctx.artifact_dir(TUNING.key))
+    return {"root": root, "address": ray.get_runtime_context().gcs_address}
+
+
+@pytest.fixture
+def on_cluster(workspace, monkeypatch):
+    # The session's Ray head, reached the way CI reaches a shared cluster.
+    monkeypatch.setenv("RAY_ADDRESS", workspace["address"])
+    return workspace["root"]
+
+
+def evaluate(root, tmp_path, tuning=TUNING, **spec):
+    """Apply one Evaluation through its controller; return (outputs, staging dir)."""
+    spec = {"dataset": "d", "thresholds": GATE, "generation": GENERATION, **spec}
+    evaluation = resource("Evaluation", "gate", **spec)
+    ctx = make_context(root, [resource("Prompt", "p", **PROMPT), resource("Dataset", "d", **DATASET), tuning, evaluation])
+    publish_dataset(ctx, "d", eval_rows=ROWS, train_rows=ROWS)
+    staging = tmp_path / f"staging-{len(list(tmp_path.iterdir()))}"
+    staging.mkdir()
+    return EvaluationController().apply(evaluation, ctx, staging), staging
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_tuned_model_passes_and_base_model_fails_the_same_gate(on_cluster, tmp_path):
+    outputs, staging = evaluate(on_cluster, tmp_path, model="tuned")
+    assert outputs["passed"] is True
+    assert outputs["metrics"]["rouge_l"] >= 0.5
+    assert outputs["metrics"]["rouge_l"] - outputs["baseline_metrics"]["base"]["rouge_l"] >= 0.3
+
+    metrics = json.loads((staging / "metrics.json").read_text())
+    assert metrics["examples"] == len(ROWS) and metrics["seed"] == 0 and metrics["batch_size"] == 8
+    assert metrics["template_hash"] and metrics["model_fingerprints"]["base"] == "base:builtin:tiny-llama"
+    rows = read_jsonl(staging / "examples.jsonl")
+    assert [r["expected"] for r in rows] == [r["output"] for r in ROWS]
+    assert {"output", "scores"} <= rows[0]["candidate"].keys() and "rouge_l" in rows[0]["base"]["scores"]
+    report = (staging / "report.md").read_text()
+    assert "gate PASSED" in report and "| rouge_l |" in report and "Worst" in report
+
+    with pytest.raises(GateFailed) as caught:
+        evaluate(on_cluster, tmp_path, model="base:builtin:tiny-llama", prompt="p")
+    assert "| rouge_l |" in caught.value.table and "FAIL" in caught.value.table
+    assert (caught.value.report_dir / "report.md").is_file()
+
+
+def test_greedy_evaluation_is_deterministic(on_cluster, tmp_path):
+    spec = {"model": "tuned", "metrics": ["exact_match", "bleu", "chrf", "eval_loss", "perplexity", "output_tokens_mean"]}
+    first, staging_1 = evaluate(on_cluster, tmp_path, **spec)
+    second, staging_2 = evaluate(on_cluster, tmp_path, **spec)
+
+    def stable(values):
+        return {k: v for k, v in values.items() if k not in NOT_DETERMINISTIC}
+
+    assert stable(first["metrics"]) == stable(second["metrics"])
+    assert stable(first["baseline_metrics"]["base"]) == stable(second["baseline_metrics"]["base"])
+    outputs = lambda staging: [(r["candidate"]["output"], r["base"]["output"]) for r in read_jsonl(staging / "examples.jsonl")]  # noqa: E731
+    assert outputs(staging_1) == outputs(staging_2)
+
+
+def test_sampled_repeats_are_aggregated(on_cluster, tmp_path):
+    outputs, staging = evaluate(
+        on_cluster, tmp_path, model="tuned", compare_to="none", repeats=2, aggregate="min",
+        generation={**GENERATION, "do_sample": True, "temperature": 1.5, "seed": 3},
+        thresholds=[{"metric": "output_tokens_mean", "min": 1}],
+        metrics=["rouge_l"],
+    )
+    metrics = json.loads((staging / "metrics.json").read_text())
+    assert metrics["repeats"] == 2 and metrics["aggregate"] == "min"
+    rows = read_jsonl(staging / "examples.jsonl")
+    assert all(len(r["candidate"]["other_repeats"]) == 1 for r in rows)
+    assert "2 repeats aggregated by min" in (staging / "report.md").read_text()
+
+
+def test_a_model_that_cannot_load_fails_closed_with_a_clear_error(on_cluster, tmp_path):
+    broken = resource("TuningJob", "broken", base_model="builtin:tiny-llama", dataset="d", prompt="p", method="full")
+    ctx = make_context(on_cluster, [broken, TUNING])
+    directory = ctx.artifact_dir(broken.key)
+    shutil.copytree(ctx.artifact_dir(TUNING.key), directory, dirs_exist_ok=True)
+    shutil.rmtree(directory / "model")
+    (directory / "model").mkdir()  # weights gone
+    with pytest.raises(EvaluationError, match="evaluation task failed: .*cannot load model"):
+        evaluate(on_cluster, tmp_path, tuning=broken, model="broken")
+
+
+# --- through the reconciler: a failed gate stops the Deployment ---------------------------------
+SPECS = {
+    "prompt.yaml": """
+        apiVersion: llmops/v1
+        kind: Prompt
+        metadata: {name: p}
+        spec: {template: "Q: {instruction}\\nA:"}
+        """,
+    "data.yaml": """
+        apiVersion: llmops/v1
+        kind: Dataset
+        metadata: {name: d}
+        spec: {source: {path: data/x.jsonl}, columns: {instruction: q, output: a}}
+        """,
+    "tuning.yaml": """
+        apiVersion: llmops/v1
+        kind: TuningJob
+        metadata: {name: tuned}
+        spec: {base_model: "builtin:tiny-llama", dataset: d, prompt: p, method: full}
+        """,
+    "gate.yaml": """
+        apiVersion: llmops/v1
+        kind: Evaluation
+        metadata: {name: gate}
+        spec:
+          model: tuned
+          dataset: d
+          generation: {max_new_tokens: 32}
+          thresholds:
+            - {metric: rouge_l, min_delta_vs_baseline: 2.0}   # out of reach: rouge_l <= 1
+        """,
+    "deploy.yaml": """
+        apiVersion: llmops/v1
+        kind: Deployment
+        metadata: {name: api}
+        spec: {model: tuned, prompt: p, gate: gate, auth: {api_keys_env: API_KEYS}}
+        """,
+}
+
+
+class PublishRows:
+    """Test-only Dataset controller: publishes ROWS as both splits."""
+
+    kind = "Dataset"
+
+    def apply(self, resource, ctx, staging):
+        for split in ("train", "eval"):
+            (staging / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+        return {"train_rows": len(ROWS), "eval_rows": len(ROWS)}
+
+    def delete(self, record, ctx):
+        return None
+
+    def observe(self, record, project):
+        return None
+
+
+class CopyTunedModel(PublishRows):
+    """Test-only TuningJob controller: publishes the model this module tuned."""
+
+    kind = "TuningJob"
+
+    def __init__(self, model_dir):
+        self.model_dir = model_dir
+
+    def apply(self, resource, ctx, staging):
+        shutil.copytree(self.model_dir, staging, dirs_exist_ok=True)
+        return {"model_version": ctx.fingerprint(resource.key)[:12]}
+
+
+@pytest.fixture
+def pipeline(on_cluster, tmp_path):
+    root = tmp_path / "project"
+    for name, text in SPECS.items():
+        (root / "specs").mkdir(parents=True, exist_ok=True)
+        (root / "specs" / name).write_text(textwrap.dedent(text).lstrip("\n"))
+    (root / "data").mkdir()
+    (root / "data" / "x.jsonl").write_text('{"q": "1", "a": "2"}\n')
+    tuned_dir = make_context(on_cluster, [TUNING]).artifact_dir(TUNING.key)
+    # Same store as the rest of the module: the builtin base model is already there.
+    project = Project(root, ProjectSettings(artifact_store=str(on_cluster / "store")))
+    controllers.register("Dataset", PublishRows())
+    controllers.register("TuningJob", CopyTunedModel(tuned_dir))
+    controllers.register("Prompt", PromptController())
+    controllers.register("Evaluation", EvaluationController())
+    recording_controllers.install(kinds=("Deployment",))
+    yield project
+    recording_controllers.uninstall(kinds=("Dataset", "TuningJob", "Prompt", "Evaluation", "Deployment"))
+
+
+def test_failed_gate_blocks_the_deployment_then_a_reachable_gate_lets_it_through(pipeline):
+    printed = []
+    result = Engine(pipeline, report=printed.append).apply()
+    status = {s.key: s.status for s in result.steps}
+    assert status["Evaluation/gate"] == "failed" and status["Deployment/api"] == "blocked"
+    assert result.exit_code() == 3
+    gate_step = next(s for s in result.steps if s.key == "Evaluation/gate")
+    assert "improvement >= 2 vs base" in gate_step.message and "| FAIL |" in gate_step.message
+    assert not (pipeline.root / "calls.log").exists()  # the Deployment controller never ran
+
+    gate = pipeline.root / "specs" / "gate.yaml"
+    gate.write_text(gate.read_text().replace("min_delta_vs_baseline: 2.0", "min_delta_vs_baseline: 0.3"))
+    result = Engine(pipeline, report=printed.append).apply()
+    assert {s.key: s.status for s in result.steps}["Deployment/api"] == "succeeded"
+    assert result.exit_code() == 0
