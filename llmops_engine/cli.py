@@ -248,6 +248,45 @@ def init(directory: Path = typer.Argument(Path("."), help="Where to scaffold the
 
 
 @app.command()
+def logs(
+    deployment: str = typer.Argument(..., help="metadata.name of the Deployment."),
+    directory: Optional[Path] = DirOption,
+    limit: int = typer.Option(50, "--limit", "-n", help="How many of the latest requests."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Requests a deployment served: id, time, model version, status, latency, tokens."""
+    from .render import when
+    from .serving.logs import read_logs
+
+    with user_errors():
+        entries = read_logs(_project(directory), deployment, limit)
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return
+    table = Table("time", "id", "version", "endpoint", "status", "latency ms", "prompt tok", "completion tok")
+    for e in entries:
+        table.add_row(when(e.get("time")), str(e.get("id", ""))[:12], str(e.get("model_version", "")),
+                      str(e.get("endpoint", "")), str(e.get("status", "")), f"{e.get('latency_ms', 0):.0f}",
+                      str(e.get("prompt_tokens", "")), str(e.get("completion_tokens", "")))
+    console.print(table)
+
+
+@app.command()
+def rollback(
+    deployment: str = typer.Argument(..., help="metadata.name of the Deployment."),
+    directory: Optional[Path] = DirOption,
+    lock_timeout: float = typer.Option(0.0, "--lock-timeout", help="Seconds to wait for a running apply."),
+) -> None:
+    """Serve the deployment's previous model version again."""
+    from .serving.deploy import rollback as roll_back
+
+    project = _project(directory)
+    with user_errors():
+        outputs = roll_back(project, deployment, report=lambda line: console.print(line, markup=False), lock_timeout=lock_timeout)
+    console.print(f"[green]{deployment} now serves model {outputs.get('model_version')}[/green]")
+
+
+@app.command()
 def down(directory: Optional[Path] = DirOption) -> None:
     """Stop the local Ray head that `apply` started (deployments stop with it)."""
     from .raycluster import stop_local

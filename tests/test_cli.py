@@ -112,3 +112,10 @@ def test_light_commands_import_nothing_heavy(root, command):
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def test_logs_and_rollback_explain_what_is_missing(root):
+    logs = invoke("logs", "nope", "-C", root)
+    assert logs.exit_code == 1 and "no request log for deployment 'nope'" in logs.output
+    rollback = invoke("rollback", "nope", "-C", root)
+    assert rollback.exit_code == 1 and "no Deployment named 'nope'" in rollback.output

@@ -1,0 +1,159 @@
+"""Deployment controller: serve the gated model version on Ray Serve.
+
+Import-light on purpose: `plan` imports this module to call `observe`, which talks to the
+dashboard over plain HTTP. Ray and the serving stack are imported inside `apply`/`delete`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import DeploymentError, GateFailed, LLMOpsError
+from ..project import Project
+from ..specs.resource import Resource
+from ..state.records import ResourceRecord
+from .base import ApplyContext, BaseController, Outputs
+
+
+class DeploymentController(BaseController):
+    kind = "Deployment"
+
+    def __init__(self, fault_error_rate: float = 0.0):
+        # Test-only: share of live requests the *new* version fails (it still passes its
+        # smoke request), to prove a bad canary is caught and rolled back.
+        self.fault_error_rate = fault_error_rate
+
+    def apply(self, resource: Resource, ctx: ApplyContext, staging: Path) -> Outputs:
+        from ..serving.config import ModelRef, config_digest
+        from ..serving.deploy import deploy, endpoint
+
+        spec = resource.normalized_spec()
+        model_key = f"TuningJob/{resource.spec.model}"
+        fingerprint = ctx.fingerprint(model_key)
+        _check_gate(resource, ctx, fingerprint)
+        _check_prompt(resource, ctx, model_key)
+        model_dir = ctx.artifact_dir(model_key)
+        if not model_dir.is_dir():
+            raise DeploymentError(f"the artifacts of {model_key} ({fingerprint[:12]}) are missing; apply it first")
+        target = ModelRef(version=fingerprint[:12], fingerprint=fingerprint, path=str(model_dir),
+                          fault_error_rate=self.fault_error_rate)
+
+        outcome, config, dashboard = deploy(ctx.project, resource.name, spec, target, ctx.report)
+        previous = _previous_fingerprint(ctx.records.get(resource.key), outcome, fingerprint)
+        _write_artifacts(staging, config, outcome)
+        return {
+            "model_fingerprint": fingerprint,
+            "model_version": fingerprint[:12],
+            "previous_model_fingerprint": previous,
+            "previous_model_version": previous[:12] if previous else None,
+            "endpoint": endpoint(ctx.project, resource.spec.route_prefix),
+            "app": resource.name,
+            "slot": outcome.routing.primary,
+            "strategy": resource.spec.rollout.strategy,
+            "canary_analysis": outcome.steps,
+            "dashboard_url": dashboard.url,
+            "serve_config_digest": config_digest(config),
+        }
+
+    def delete(self, record: ResourceRecord, ctx: ApplyContext) -> None:
+        from ..serving.deploy import open_cluster
+        from ..serving.rest import http_options
+
+        serve = ctx.project.settings.serve
+        open_cluster(ctx.project).delete_application(record.name, http_options(serve.host, serve.port))
+
+    def observe(self, record: ResourceRecord, project: Project) -> str | None:
+        """Compare the live Serve application with what apply left (plain HTTP, no Ray)."""
+        from .. import raycluster
+        from ..serving.config import config_digest, routing_of
+        from ..serving.rest import Dashboard
+
+        url = os.environ.get("RAY_DASHBOARD_URL") or record.outputs.get("dashboard_url")
+        if not url:
+            return None
+        try:
+            live = Dashboard(url, raycluster.dashboard_headers(project), timeout_s=5).application(record.name)
+        except LLMOpsError as exc:
+            return f"live app unreachable: {str(exc).splitlines()[0]}"
+        if live is None or not live.get("deployed_app_config"):
+            return f"live app '{record.name}' is missing"
+        config = live["deployed_app_config"]
+        routing = routing_of(config)
+        expected = record.outputs.get("model_version")
+        if routing.live_version != expected or routing.weights.get(routing.primary) != 100:
+            return f"live app differs: serves model version {routing.live_version}, expected {expected}"
+        if _keys_changed(record, config):
+            return f"live app differs: the API keys in ${record.spec['auth']['api_keys_env']} changed"
+        if config_digest(config) != record.outputs.get("serve_config_digest"):
+            return "live app differs: its Serve config was changed outside llmops"
+        return None
+
+
+def _check_gate(resource: Resource, ctx: ApplyContext, fingerprint: str) -> None:
+    gate = resource.spec.gate
+    if gate is None:
+        return
+    key = f"Evaluation/{gate}"
+    try:
+        result = ctx.outputs_of(key)
+    except KeyError as exc:
+        raise GateFailed(f"{key} has no result for the current model; apply it before {resource.key}") from exc
+    if result.get("model_fingerprint") != fingerprint:
+        raise GateFailed(f"{key} evaluated another model version than {fingerprint[:12]}; re-apply the evaluation")
+    if not result.get("passed"):
+        raise GateFailed(f"model version {fingerprint[:12]} did not pass {key}; nothing changed live")
+
+
+def _check_prompt(resource: Resource, ctx: ApplyContext, model_key: str) -> None:
+    if resource.spec.allow_prompt_mismatch:
+        return
+    tuned = (ctx.outputs.get(model_key) or _record_outputs(ctx, model_key)).get("template_hash")
+    prompt_key = f"Prompt/{resource.spec.prompt}"
+    wanted = (ctx.outputs.get(prompt_key) or _record_outputs(ctx, prompt_key)).get("template_hash")
+    if tuned and wanted and tuned != wanted:
+        raise DeploymentError(
+            f"{prompt_key} differs from the prompt {model_key} was tuned with; "
+            "serve the model with its own prompt or set allow_prompt_mismatch: true"
+        )
+
+
+def _record_outputs(ctx: ApplyContext, key: str) -> dict:
+    try:
+        return ctx.outputs_of(key)
+    except KeyError:
+        return {}
+
+
+def _previous_fingerprint(record: ResourceRecord | None, outcome, fingerprint: str) -> str | None:
+    if outcome.previous is not None and outcome.previous.fingerprint != fingerprint:
+        return outcome.previous.fingerprint
+    if record is not None:  # same version re-applied (drift restore, settings change)
+        before = record.outputs
+        return before.get("previous_model_fingerprint") if before.get("model_fingerprint") == fingerprint \
+            else before.get("model_fingerprint")
+    return None
+
+
+def _keys_changed(record: ResourceRecord, config: dict) -> bool:
+    from ..serving.config import INGRESS, hash_key
+
+    auth = record.spec.get("auth")
+    if not isinstance(auth, dict) or auth.get("api_keys_env") not in os.environ:
+        return False  # open endpoint, or no keys here to compare with (e.g. a CI plan job)
+    keys = [k.strip() for k in os.environ[auth["api_keys_env"]].split(",") if k.strip()]
+    ingress = next((d for d in config.get("deployments", []) if d["name"] == INGRESS), {})
+    live = (ingress.get("user_config") or {}).get("api_key_sha256") or []
+    return sorted(hash_key(k) for k in keys) != sorted(live)
+
+
+def _write_artifacts(staging: Path, config: dict, outcome) -> None:
+    # The applied Serve config, minus the key hashes (not secret, but nobody needs them).
+    redacted = json.loads(json.dumps(config))
+    for deployment in redacted["deployments"]:
+        user_config = deployment.get("user_config") or {}
+        if user_config.get("api_key_sha256") is not None:
+            user_config["api_key_sha256"] = f"<{len(user_config['api_key_sha256'])} key hashes>"
+    (staging / "serve_app.json").write_text(json.dumps(redacted, indent=2))
+    (staging / "rollout.json").write_text(json.dumps({"primary": outcome.routing.primary, "steps": outcome.steps}, indent=2))

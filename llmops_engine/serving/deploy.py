@@ -1,0 +1,111 @@
+"""Deploying a model version as a Serve application, and `llmops rollback`.
+
+Shared by the Deployment controller (apply) and the CLI (rollback). API keys are read
+from the environment variable the spec names, at deploy time, and only their SHA-256
+hashes leave this process (in the ingress user_config); they are never written to
+records, artifacts or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+from ..errors import DeploymentError, LLMOpsError
+from ..project import Project
+from ..state.artifacts import ArtifactStore
+from ..state.lock import ApplyLock
+from .config import AppSettings, ModelRef, app_config, config_digest, hash_key
+from .logs import log_path
+from .rest import Dashboard, http_options
+from .rollout import Outcome, Rollout
+
+
+def endpoint(project: Project, route_prefix: str = "/") -> str:
+    serve = project.settings.serve
+    return f"http://{serve.host}:{serve.port}{route_prefix.rstrip('/')}/v1"
+
+
+def key_hashes(spec: dict[str, Any]) -> list[str] | None:
+    """SHA-256 of each key in the env var named by `auth.api_keys_env`; None for `auth: none`."""
+    auth = spec["auth"]
+    if auth == "none":
+        return None
+    name = auth["api_keys_env"]
+    keys = [k.strip() for k in os.environ.get(name, "").split(",") if k.strip()]
+    if not keys:
+        raise DeploymentError(
+            f"auth.api_keys_env names ${name}, but it is unset or empty; export it with one or more "
+            "comma-separated API keys (or set `auth: none` for an open endpoint)"
+        )
+    return [hash_key(k) for k in keys]
+
+
+def app_settings(project: Project, name: str, spec: dict[str, Any]) -> AppSettings:
+    return AppSettings(name=name, route_prefix=spec["route_prefix"], spec=spec, key_hashes=key_hashes(spec),
+                       log_path=str(log_path(project, name).resolve()))
+
+
+def open_cluster(project: Project) -> Dashboard:
+    """Connect this process to the cluster (handles need it) and return its Serve REST API."""
+    from .. import raycluster
+
+    info = raycluster.connect(project)
+    if not info.dashboard_url:
+        raise DeploymentError(f"the Ray cluster at {info.address} has no dashboard; Serve's REST API needs it")
+    return Dashboard(info.dashboard_url, raycluster.dashboard_headers(project))
+
+
+def deploy(
+    project: Project, name: str, spec: dict[str, Any], target: ModelRef, report: Callable[[str], None] = print,
+) -> tuple[Outcome, dict[str, Any], Dashboard]:
+    """Make `target` the live version of application `name` per the spec's rollout strategy."""
+    settings = app_settings(project, name, spec)
+    dashboard = open_cluster(project)
+    serve = project.settings.serve
+    outcome = Rollout(dashboard, http_options(serve.host, serve.port), report).run(settings, target, spec["rollout"])
+    return outcome, app_config(settings, outcome.routing), dashboard
+
+
+def rollback(
+    project: Project, name: str, report: Callable[[str], None] = print, lock_timeout: float = 0.0,
+) -> dict[str, Any]:
+    """`llmops rollback <deployment>`: serve the previous model version again (a quick switch,
+    with the same readiness and smoke checks as any rollout), holding the apply lock.
+    Returns the new record outputs; the record's fingerprint is kept, so `plan` stays clean
+    until the specs change."""
+    store = ArtifactStore(project.artifact_store_url())
+    lock = ApplyLock(store.root / "locks", project.settings.lock_ttl_s)
+    lock.acquire(timeout_s=lock_timeout, command=f"llmops rollback {name}")
+    try:
+        return _rollback(project, store, name, report)
+    finally:
+        lock.release()
+
+
+def _rollback(project: Project, store: ArtifactStore, name: str, report: Callable[[str], None]) -> dict[str, Any]:
+    record = store.read_records().get(f"Deployment/{name}")
+    if record is None:
+        raise LLMOpsError(f"no Deployment named '{name}' has been applied in this project")
+    previous = record.outputs.get("previous_model_fingerprint")
+    if not previous:
+        raise DeploymentError(f"Deployment '{name}' has no previous model version to roll back to")
+    if not store.has(previous):
+        raise DeploymentError(f"the artifacts of previous model version {previous[:12]} are gone from the store")
+    target = ModelRef(version=previous[:12], fingerprint=previous, path=str(store.local_path(previous)))
+    spec = {**record.spec, "rollout": {**record.spec["rollout"], "strategy": "rolling"}}
+    outcome, config, dashboard = deploy(project, name, spec, target, report)
+    outputs = {
+        **record.outputs,
+        "model_fingerprint": previous,
+        "model_version": previous[:12],
+        "previous_model_fingerprint": record.outputs.get("model_fingerprint"),
+        "previous_model_version": record.outputs.get("model_version"),
+        "serve_config_digest": config_digest(config),
+        "dashboard_url": dashboard.url,
+        "rolled_back_at": time.time(),
+    }
+    message = f"rolled back to model version {previous[:12]} by `llmops rollback`"
+    store.write_record(record.model_copy(update={"outputs": outputs, "message": message}))
+    return outputs
