@@ -138,20 +138,10 @@ def apply(
     engine = _engine(directory)
     with user_errors():
         saved = read_plan_file(plan_file) if plan_file else None
-        _ensure_bootstrap(engine)
         result = engine.apply(saved_plan=saved, prune=prune, allow_empty=allow_empty, lock_timeout=lock_timeout)
     code = print_apply_result(console, errors, engine, result)
     if code:
         raise typer.Exit(code)
-
-
-def _ensure_bootstrap(engine) -> None:
-    """Put raw data tracked by DVC in place before planning (a fresh clone has no data yet)."""
-    try:
-        from .data.bootstrap import ensure_raw_data
-    except ImportError:
-        return
-    ensure_raw_data(engine.project.root)
 
 
 @app.command()

@@ -96,11 +96,19 @@ class Engine:
     # load / observe / plan -------------------------------------------------
     def load(self) -> Desired:
         resources = load_resources(self.project.root, self.project.settings.spec_dirs)
+        self._restore_raw_data()
         by_key = {r.key: r for r in resources}
         order = topological_order(by_key)
         hasher = ContentHasher(self.project.root, self.project.state_dir / "hash-cache.json")
         fingerprints, inputs = fingerprint_all(by_key, order, hasher)
         return Desired(by_key, order, fingerprints, inputs)
+
+    def _restore_raw_data(self) -> None:
+        """A fresh clone has DVC records but no data yet; fingerprints must hash the real files."""
+        from .data.bootstrap import ensure_raw_data
+
+        for path in ensure_raw_data(self.project.root):
+            self.report(f"restored {path} from its DVC record")
 
     def records(self) -> dict[str, ResourceRecord]:
         return self.store.read_records()

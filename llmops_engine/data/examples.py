@@ -1,0 +1,73 @@
+"""Map a raw row onto the example fields every later stage uses: instruction, input, output.
+
+Alpaca-style sources name their columns in `columns:`. A chat source names one column of
+turns, `[{role, content}, ...]` (a list, or a JSON string of one, as CSV stores it), and
+is normalized like this, one example per conversation:
+  - output      = the content of the LAST assistant turn;
+  - instruction = the content of the last user turn before it;
+  - input       = every earlier turn (system prompt and prior exchanges), one
+                  "role: content" line each, in order; "" when there are none.
+A conversation without an assistant or user turn gets output/instruction None, which
+`drop_empty` removes and a not-null rule reports.
+
+Missing or null `input` becomes ""; a missing instruction/output stays None so that
+validation can see it. Non-string scalars are kept as text (CSV gives only text anyway).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import DataError
+from ..specs.dataset import Columns
+
+Example = dict[str, str | None]
+
+
+def to_example(row: dict, columns: Columns) -> Example:
+    if columns.messages:
+        return chat_to_example(_turns(row.get(columns.messages)))
+    return {
+        "instruction": _text(row.get(columns.instruction)),
+        "input": (_text(row.get(columns.input)) if columns.input else None) or "",
+        "output": _text(row.get(columns.output)),
+    }
+
+
+def chat_to_example(turns: list[dict]) -> Example:
+    last_assistant = _last_index(turns, "assistant", len(turns))
+    last_user = _last_index(turns, "user", last_assistant if last_assistant is not None else len(turns))
+    output = _text(turns[last_assistant].get("content")) if last_assistant is not None else None
+    instruction = _text(turns[last_user].get("content")) if last_user is not None else None
+    history = turns[:last_user] if last_user is not None else []
+    lines = [f"{turn.get('role', '')}: {_text(turn.get('content')) or ''}" for turn in history]
+    return {"instruction": instruction, "input": "\n".join(lines), "output": output}
+
+
+def _last_index(turns: list[dict], role: str, before: int) -> int | None:
+    for index in range(before - 1, -1, -1):
+        if turns[index].get("role") == role:
+            return index
+    return None
+
+
+def _turns(value: Any) -> list[dict]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"chat 'messages' value is not a JSON list of turns: {value[:80]!r}") from exc
+    if not isinstance(value, list) or not all(isinstance(turn, dict) for turn in value):
+        raise DataError("chat 'messages' must be a list of {role, content} objects")
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and value != value:  # NaN from a numeric column means missing
+        return None
+    return str(value)

@@ -1,0 +1,252 @@
+"""Dataset pipeline without Great Expectations: sources, mapping, transforms, split."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmops_engine.data import demo
+from llmops_engine.data.examples import chat_to_example
+from llmops_engine.data.pipeline import build
+from llmops_engine.data.split import is_eval
+from llmops_engine.data.transforms import apply_transforms
+from llmops_engine.errors import DataError
+from llmops_engine.specs.dataset import DatasetSpec, Split, Transform, ValidationRule
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def spec(**overrides) -> DatasetSpec:
+    body = {
+        "source": {"path": "data/rows.jsonl"},
+        "columns": {"instruction": "q", "input": "c", "output": "a"},
+        "split": {"eval_fraction": 0.25, "seed": 3},
+        **overrides,
+    }
+    return DatasetSpec.model_validate(body)
+
+
+def rows(n: int = 40) -> list[dict]:
+    return [{"q": f"question {i}", "c": f"ctx {i % 3}", "a": f"answer number {i}"} for i in range(n)]
+
+
+def write_jsonl(path: Path, items: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in items))
+
+
+def run(tmp_path: Path, dataset: DatasetSpec) -> tuple[list[dict], list[dict]]:
+    out = tmp_path / "out"
+    build("t", dataset, tmp_path, out, tmp_path / "failed")
+    read = lambda name: [json.loads(line) for line in (out / name).read_text().splitlines()]  # noqa: E731
+    return read("train.jsonl"), read("eval.jsonl")
+
+
+def run_transforms(items: list[dict], *transforms: dict) -> list[dict]:
+    return list(apply_transforms(iter(items), [Transform.model_validate(t) for t in transforms]))
+
+
+# --- demo data ---------------------------------------------------------------------
+
+
+def test_demo_generator_is_deterministic_and_matches_data_dvc():
+    record = yaml.safe_load((REPO / "data.dvc").read_text())
+    out = record["outs"][0]
+    text = "".join(json.dumps(r) + "\n" for r in demo.generate())
+    assert hashlib.md5(text.encode()).hexdigest() == out["md5"]
+    generated = demo.generate()
+    assert len(generated) == 500
+    assert len({(r["question"], r["context"]) for r in generated}) == 500  # dedupe keeps every row
+    per_intent = Counter(r["category"] for r in generated)
+    assert len(per_intent) == 14 and min(per_intent.values()) >= 25
+    assert max(len(r["answer"]) for r in generated) <= 100
+
+
+# --- sources -------------------------------------------------------------------------
+
+
+def test_jsonl_csv_parquet_and_glob_give_the_same_examples(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    items = rows()
+    write_jsonl(tmp_path / "data/rows.jsonl", items)
+    with (tmp_path / "data/rows.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["q", "c", "a"])
+        writer.writeheader()
+        writer.writerows(items)
+    pq.write_table(pa.Table.from_pylist(items), tmp_path / "data/rows.parquet")
+    write_jsonl(tmp_path / "data/parts/p-1.jsonl", items[:15])
+    write_jsonl(tmp_path / "data/parts/p-2.jsonl", items[15:])
+
+    expected = run(tmp_path, spec())
+    assert len(expected[0]) + len(expected[1]) == 40 and expected[1]
+    assert run(tmp_path, spec(source={"path": "data/rows.csv"})) == expected
+    assert run(tmp_path, spec(source={"path": "data/rows.parquet"})) == expected
+    assert run(tmp_path, spec(source={"path": "data/parts/p-*.jsonl"})) == expected
+    assert expected[0][0] == {"instruction": "question 0", "input": "ctx 0", "output": "answer number 0"}
+
+
+def test_input_column_is_optional(tmp_path):
+    write_jsonl(tmp_path / "data/rows.jsonl", rows())
+    train, _ = run(tmp_path, spec(columns={"instruction": "q", "output": "a"}))
+    assert all(example["input"] == "" for example in train)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"q": "x", "a": "y"}\nnot json\n', "rows.jsonl:2: not valid JSON"),
+        ('["a list"]\n', "expected a JSON object"),
+        ('{"question": "x", "answer": "y"}\n', "source has no column q, a"),
+    ],
+)
+def test_bad_source_rows_are_clear_errors(tmp_path, content, message):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/rows.jsonl").write_text(content)
+    with pytest.raises(DataError, match=message):
+        run(tmp_path, spec())
+
+
+def test_missing_source_and_empty_split_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="matches no file"):
+        run(tmp_path, spec(source={"path": "data/none-*.jsonl"}))
+    write_jsonl(tmp_path / "data/rows.jsonl", rows(1))
+    with pytest.raises(DataError, match="the split left"):
+        run(tmp_path, spec())
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+
+
+# --- chat ------------------------------------------------------------------------------
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are Nimbus support."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "How do I export my data?"},
+    {"role": "assistant", "content": "Open Settings > Export."},
+]
+
+
+def test_chat_turns_become_instruction_input_output():
+    assert chat_to_example(CONVERSATION) == {
+        "instruction": "How do I export my data?",
+        "input": "system: You are Nimbus support.\nuser: Hi\nassistant: Hello! How can I help?",
+        "output": "Open Settings > Export.",
+    }
+    assert chat_to_example([{"role": "user", "content": "only a question"}])["output"] is None
+
+
+def test_chat_source_in_jsonl_and_csv(tmp_path):
+    conversations = [CONVERSATION[:3], CONVERSATION] * 10
+    conversations = [[*c[:-1], {"role": "assistant", "content": f"{c[-1]['content']} #{i}"}] for i, c in enumerate(conversations)]
+    write_jsonl(tmp_path / "data/chat.jsonl", [{"messages": c} for c in conversations])
+    with (tmp_path / "data/chat.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["messages"])
+        writer.writerows([json.dumps(c)] for c in conversations)
+    chat = {"columns": {"messages": "messages"}, "split": {"eval_fraction": 0.3, "seed": 1}}
+    from_jsonl = run(tmp_path, spec(source={"path": "data/chat.jsonl"}, **chat))
+    assert run(tmp_path, spec(source={"path": "data/chat.csv"}, **chat)) == from_jsonl
+    examples = from_jsonl[0] + from_jsonl[1]
+    assert {e["instruction"] for e in examples} == {"Hi", "How do I export my data?"}
+    assert any(e["input"].startswith("system: You are Nimbus support.") for e in examples)
+
+
+# --- transforms -----------------------------------------------------------------------
+
+
+def ex(instruction="q", input="", output="a") -> dict:
+    return {"instruction": instruction, "input": input, "output": output}
+
+
+def test_strip_whitespace_all_fields_or_named():
+    item = ex("  q ", " i ", "\ta\n")
+    assert run_transforms([item], {"strip_whitespace": {}}) == [ex("q", "i", "a")]
+    assert run_transforms([item], {"strip_whitespace": ["output"]}) == [ex("  q ", " i ", "a")]
+
+
+def test_drop_empty_treats_none_and_blank_as_empty():
+    items = [ex(output=None), ex(output="  "), ex(output="kept"), ex(instruction="", output="x")]
+    assert run_transforms(items, {"drop_empty": ["instruction", "output"]}) == [ex(output="kept")]
+
+
+def test_dedupe_keeps_the_first_row_of_each_key():
+    items = [ex("a", "1", "first"), ex("a", "1", "second"), ex("a", "2", "third")]
+    kept = run_transforms(items, {"dedupe": ["instruction", "input"]})
+    assert [e["output"] for e in kept] == ["first", "third"]
+
+
+def test_max_and_min_chars_drop_rows_never_truncate():
+    items = [ex(output="x" * n) for n in (1, 5, 10, 50)]
+    kept = run_transforms(items, {"min_chars": {"output": 5}}, {"max_chars": {"output": 10}})
+    assert [len(e["output"]) for e in kept] == [5, 10]
+
+
+def test_filter_regex_keep_and_drop():
+    items = [ex(output="refund issued"), ex(output="see invoice"), ex(output="REFUND denied")]
+    keep = {"filter_regex": {"column": "output", "pattern": "(?i)refund"}}
+    drop = {"filter_regex": {"column": "output", "pattern": "(?i)refund", "keep": False}}
+    assert [e["output"] for e in run_transforms(items, keep)] == ["refund issued", "REFUND denied"]
+    assert [e["output"] for e in run_transforms(items, drop)] == ["see invoice"]
+
+
+def test_sample_is_seeded_order_independent_and_keeps_order():
+    items = [ex(f"q{i}") for i in range(200)]
+    picked = run_transforms(items, {"sample": {"n": 20, "seed": 5}})
+    shuffled = items[:]
+    random.Random(0).shuffle(shuffled)
+    picked_from_shuffled = run_transforms(shuffled, {"sample": {"n": 20, "seed": 5}})
+    assert len(picked) == 20
+    assert sorted(e["instruction"] for e in picked) == sorted(e["instruction"] for e in picked_from_shuffled)
+    assert picked == sorted(picked, key=lambda e: int(e["instruction"][1:]))  # input order kept
+    other_seed = run_transforms(items, {"sample": {"n": 20, "seed": 6}})
+    assert {e["instruction"] for e in other_seed} != {e["instruction"] for e in picked}
+
+
+def test_transforms_run_in_spec_order():
+    items = [ex(output="  dup "), ex(output="dup")]
+    assert len(run_transforms(items, {"dedupe": ["output"]}, {"strip_whitespace": {}})) == 2
+    assert len(run_transforms(items, {"strip_whitespace": {}}, {"dedupe": ["output"]})) == 1
+
+
+# --- split ---------------------------------------------------------------------------------
+
+
+def test_split_is_hash_based_stable_and_near_the_fraction():
+    items = [ex(f"question {i}", output=f"answer {i}") for i in range(4000)]
+    split = Split(eval_fraction=0.15, seed=42)
+    chosen = {e["instruction"] for e in items if is_eval(e, split)}
+    assert 0.13 < len(chosen) / len(items) < 0.17
+    reversed_choice = {e["instruction"] for e in reversed(items) if is_eval(e, split)}
+    assert reversed_choice == chosen  # order does not matter
+    assert {e["instruction"] for e in items[:1000] if is_eval(e, split)} == {
+        e["instruction"] for e in items[:1000] if e["instruction"] in chosen
+    }  # adding rows never moves existing ones
+    other = {e["instruction"] for e in items if is_eval(e, Split(eval_fraction=0.15, seed=7))}
+    assert other != chosen
+    # Pinned values: the split must not change across machines or Python versions.
+    assert [is_eval(ex(f"q{i}"), Split(eval_fraction=0.5, seed=42)) for i in range(8)] == PINNED_SPLIT
+
+
+PINNED_SPLIT = [False, True, False, True, True, False, True, False]
+
+
+# --- spec checks ---------------------------------------------------------------------------
+
+
+def test_transform_columns_and_rule_arguments_are_checked_at_load_time():
+    with pytest.raises(ValueError, match="unknown column"):
+        Transform.model_validate({"dedupe": ["question"]})
+    with pytest.raises(ValueError, match="did you mean 'column_values_to_not_be_null'"):
+        ValidationRule.model_validate({"expect": "column_values_to_not_be_nul", "column": "x"})
+    with pytest.raises(ValueError, match="takes no argument 'colum'"):
+        ValidationRule.model_validate({"expect": "column_values_to_not_be_null", "colum": "x"})
