@@ -51,6 +51,7 @@ class Resources(StrictModel):
 
 class TuningJobSpec(KindSpec):
     kind: ClassVar[str] = "TuningJob"
+    env_inputs: ClassVar[tuple[str, ...]] = ("LLMOPS_MAX_STEPS",)
 
     base_model: str = Field(pattern=MODEL_REF, description="builtin:tiny-llama | hf:org/name | path:dir")
     dataset: str
@@ -72,8 +73,13 @@ class TuningJobSpec(KindSpec):
             quant = self.quantization or Quantization()
             if quant.bits != 4:
                 raise ValueError("method qlora needs quantization.bits: 4 (use method: lora for 8-bit or none)")
+        elif self.method == "lora" and self.quantization is not None and self.quantization.bits == 4:
+            raise ValueError("4-bit quantization with LoRA is QLoRA: write method: qlora (lora allows bits: 8)")
         elif self.method == "full" and self.quantization is not None:
             raise ValueError("method full cannot train quantized weights; remove 'quantization' or use qlora")
+        gpus = self.resources.gpus_per_worker
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError("resources.gpus_per_worker above 1 must be a whole number (fractions only below 1)")
         if "merged" in self.export and self.method == "full":
             raise ValueError("export 'merged' applies to adapters; a full fine-tune is already merged")
         return self

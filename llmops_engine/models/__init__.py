@@ -1,0 +1,9 @@
+"""Base models and tuned-model loading: the API shared by tuning, evaluation and serving.
+
+Importing this package is cheap; torch/transformers/peft load on first use.
+"""
+
+from .loaded import Generation, LoadedModel, load_base, load_trained
+from .loading import BaseModel, ModelLoadError, resolve_base
+
+__all__ = ["BaseModel", "Generation", "LoadedModel", "ModelLoadError", "load_base", "load_trained", "resolve_base"]

@@ -1,0 +1,190 @@
+"""A model ready for inference: the API evaluation and serving build on.
+
+    load_trained(model_dir)        a TuningJob artifact directory (adapter/ or model/)
+    load_base(ref, store_root)     an untuned base model (the evaluation baseline)
+
+`LoadedModel.generate` is batched with left padding and stops each row at EOS;
+`LoadedModel.loss` scores given responses (prompt tokens masked), for perplexity-style metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .loading import ModelLoadError, resolve_base
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+def bnb_config(quantization: dict):
+    """BitsAndBytesConfig from the spec's quantization block (as stored in model.json)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization["bits"] == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.get("type", "nf4"),
+        bnb_4bit_use_double_quant=quantization.get("double_quant", True),
+        bnb_4bit_compute_dtype=getattr(torch, quantization.get("compute_dtype", "float32")),
+    )
+
+
+def load_causal_lm(path: Path, quantization: dict | None = None, device: str = "cpu"):
+    """A causal LM from a local directory, quantized with bitsandbytes when asked."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if quantization:
+        kwargs["quantization_config"] = bnb_config(quantization)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model from {path}: {exc}") from exc
+    return model if quantization else model.to(device)
+
+
+class LoadedModel:
+    def __init__(self, model, tokenizer, version: str, template: dict | None = None, device: str = "cpu"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.version = version
+        self.template = template
+        self.device = device
+        self.tokenizer.padding_side = "left"
+
+    # prompts -------------------------------------------------------------------
+    def render(self, instruction: str, input: str = "") -> str:
+        """The prompt exactly as the model was tuned on it (template.json of the artifact)."""
+        if self.template is None:
+            raise ModelLoadError(f"model {self.version} has no prompt template; render prompts yourself")
+        from ..specs.prompt import PromptSpec
+
+        fields = {k: self.template.get(k) for k in ("template", "template_no_input", "system")}
+        return PromptSpec.model_validate(fields).render(instruction, input)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # generation ------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        import torch
+
+        if not prompts:
+            return []
+        eos = self.tokenizer.eos_token_id
+        batch = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **sampling,
+            )
+        prompt_width = batch["input_ids"].shape[1]
+        results = []
+        for row, new_tokens in enumerate(output[:, prompt_width:].tolist()):
+            stopped = eos in new_tokens
+            tokens = new_tokens[: new_tokens.index(eos)] if stopped else new_tokens
+            results.append(
+                Generation(
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    prompt_tokens=int(batch["attention_mask"][row].sum()),
+                    completion_tokens=len(tokens) + (1 if stopped else 0),
+                    finish_reason="stop" if stopped else "length",
+                )
+            )
+        return results
+
+    # scoring -----------------------------------------------------------------------
+    def loss(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """Mean cross-entropy per example over the response tokens (+ EOS), prompt masked."""
+        import torch
+
+        if len(prompts) != len(responses):
+            raise ValueError("prompts and responses must have the same length")
+        losses = []
+        with torch.inference_mode():
+            for prompt, response in zip(prompts, responses):
+                prompt_ids = self._encode(prompt)
+                response_ids = self._encode(response) + [self.tokenizer.eos_token_id]
+                ids = torch.tensor([prompt_ids + response_ids], device=self.device)
+                labels = torch.tensor([[-100] * len(prompt_ids) + response_ids], device=self.device)
+                losses.append(float(self.model(input_ids=ids, labels=labels).loss))
+        return losses
+
+
+# loaders ---------------------------------------------------------------------------
+def _store_root_of(model_dir: Path) -> Path:
+    # Artifacts live at <store>/objects/<fingerprint> (or <store>/staging/<tmp> while being written).
+    return model_dir.resolve().parent.parent
+
+
+def load_trained(model_dir: Path, device: str = "cpu", prefer_merged: bool = False) -> LoadedModel:
+    """A TuningJob artifact directory, ready for inference."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    try:
+        meta = json.loads((model_dir / "model.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{model_dir} is not a TuningJob artifact directory: {exc}") from exc
+    template_path = model_dir / "template.json"
+    template = json.loads(template_path.read_text()) if template_path.is_file() else None
+
+    if (model_dir / "model").is_dir():  # method full: complete weights
+        model = load_causal_lm(model_dir / "model", device=device)
+    elif prefer_merged and (model_dir / "merged").is_dir():
+        model = load_causal_lm(model_dir / "merged", device=device)
+    else:
+        model = _base_with_adapter(model_dir, meta, device)
+    return LoadedModel(model, tokenizer, meta["version"], template, device)
+
+
+def _base_with_adapter(model_dir: Path, meta: dict, device: str):
+    from peft import PeftModel
+
+    base_path = Path(meta.get("base_path", ""))
+    if not (base_path / "config.json").is_file():
+        base_path = resolve_base(meta["base_model"], _store_root_of(model_dir)).path
+    # The adapter was trained against the quantized base; inference uses the same weights.
+    base = load_causal_lm(base_path, meta.get("quantization"), device)
+    try:
+        return PeftModel.from_pretrained(base, model_dir / "adapter")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the adapter in {model_dir / 'adapter'}: {exc}") from exc
+
+
+def load_base(ref: str, store_root: Path, device: str = "cpu", root: Path | None = None) -> LoadedModel:
+    """An untuned base model (no template: callers render prompts with the Prompt spec)."""
+    from transformers import AutoTokenizer
+
+    base = resolve_base(ref, Path(store_root), root)
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    if tokenizer.pad_token is None:  # many hub tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(load_causal_lm(base.path, device=device), tokenizer, f"base:{base.hash[:12]}", None, device)

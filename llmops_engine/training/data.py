@@ -1,0 +1,69 @@
+"""Training examples: render with the Prompt spec, tokenize, mask the prompt in the labels."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+IGNORE_INDEX = -100  # label value the loss skips
+
+
+def read_rows(path: Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def render_pairs(rows: list[dict], prompt_spec) -> list[tuple[str, str]]:
+    """(prompt, response) pairs: the prompt exactly as serving will render it."""
+    return [(prompt_spec.render(row["instruction"], row.get("input") or ""), row["output"]) for row in rows]
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_seq_len: int) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + response + EOS, and labels with the prompt masked.
+
+    Prompt and response are tokenized separately so the boundary is exact; too long
+    examples are cut at max_seq_len from the right (the response end is what is lost).
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + response_ids)[:max_seq_len]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_seq_len]
+    return input_ids, labels
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded batch tensors (padding is masked in attention and labels)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, world_size: int, accumulation: int) -> int:
+    per_step = batch_size * world_size * accumulation
+    return max(1, -(-num_examples // per_step))
+
+
+def batch_indices(step: int, micro: int, num_examples: int, batch_size: int, rank: int, world_size: int,
+                  accumulation: int, seed: int) -> list[int]:
+    """Example indices of one micro-batch, a pure function of (step, micro, rank).
+
+    Each epoch is a seeded permutation, so a resumed run sees exactly the batches the
+    interrupted run would have seen, without saving any sampler state.
+    """
+    per_epoch = steps_per_epoch(num_examples, batch_size, world_size, accumulation)
+    epoch, step_in_epoch = divmod(step, per_epoch)
+    order = list(range(num_examples))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    start = ((step_in_epoch * accumulation + micro) * world_size + rank) * batch_size
+    chunk = order[start : start + batch_size]
+    # The last batch of an epoch wraps around so every batch is full.
+    return chunk + order[: batch_size - len(chunk)] if len(chunk) < batch_size else chunk

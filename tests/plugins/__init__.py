@@ -1,0 +1,1 @@
+"""Pytest plugins shared by several test areas (registered in tests/conftest.py)."""

@@ -1,0 +1,160 @@
+"""TuningJob end to end on a real local Ray cluster with the builtin model (QLoRA on CPU).
+
+The controller is called directly with a hand-built ApplyContext, as the reconciler does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmops_engine.controllers.tuning import TuningController
+from llmops_engine.errors import PlanError
+from llmops_engine.models import load_trained, resolve_base
+from llmops_engine.project import Project, ProjectSettings
+from llmops_engine.training.run import run_name
+from tests.eval_helpers import DATASET, make_context, publish_dataset, resource
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+CONTENT_HASH = {"train": "0" * 32, "eval": "1" * 32}
+
+
+@pytest.fixture(autouse=True)
+def _uncapped(monkeypatch):
+    """These tests set their own step counts; CI's LLMOPS_MAX_STEPS cap must not change them."""
+    monkeypatch.delenv("LLMOPS_MAX_STEPS", raising=False)
+
+
+def demo_rows(limit: int = 240) -> list[dict]:
+    lines = (REPO / "data" / "support_tickets.jsonl").read_text().splitlines()[:limit]
+    rows = [json.loads(line) for line in lines]
+    return [{"instruction": r["question"], "input": r.get("context") or "", "output": r["answer"]} for r in rows]
+
+
+def tuning_setup(root: Path, project: Project, **training):
+    """The demo's Prompt + TuningJob specs (training overridden), with a published train split."""
+    prompt_doc = yaml.safe_load((REPO / "specs" / "prompt.yaml").read_text())
+    tuning_doc = yaml.safe_load((REPO / "specs" / "tuning.yaml").read_text())
+    spec = {**tuning_doc["spec"], "dataset": "support-tickets", "prompt": "support-answer"}
+    spec["training"] = {**spec.get("training", {}), **training}
+    tune = resource("TuningJob", "support-qlora", **spec)
+    resources = [resource("Prompt", "support-answer", **prompt_doc["spec"]),
+                 resource("Dataset", "support-tickets", **DATASET), tune]
+    ctx = make_context(root, resources, project=project)
+    rows = demo_rows()
+    publish_dataset(ctx, "support-tickets", eval_rows=rows[:20], train_rows=rows[20:])
+    ctx.outputs["Dataset/support-tickets"]["content_hash"] = CONTENT_HASH
+    return tune, ctx
+
+
+def apply_once(tune, ctx):
+    staging = ctx.store.staging_dir(ctx.fingerprint(tune.key))
+    return TuningController().apply(tune, ctx, staging), staging
+
+
+def test_qlora_learns_and_records_its_lineage(ray_project, tmp_path):
+    tune, ctx = tuning_setup(tmp_path, ray_project, max_steps=30, batch_size=8, save_every_steps=15)
+    outputs, staging = apply_once(tune, ctx)
+
+    assert outputs["final_loss"] < 0.7 * outputs["initial_loss"], outputs
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "tokenizer/tokenizer.json",
+                 "template.json", "model.json", "lineage.json", "metrics.json", "loss.csv", "loss.png"):
+        assert (staging / name).is_file(), name
+    fingerprint = ctx.fingerprint(tune.key)
+    lineage = json.loads((staging / "lineage.json").read_text())
+    prompt_hash = ctx.resources["Prompt/support-answer"].spec.template_hash()
+    assert lineage["fingerprint"] == fingerprint and lineage["seed"] == tune.spec.training.seed
+    assert lineage["base_model"] == {"ref": "builtin:tiny-llama",
+                                     "hash": resolve_base("builtin:tiny-llama", ctx.store.root).hash}
+    assert lineage["dataset"]["content_hash"] == CONTENT_HASH
+    assert lineage["prompt"]["template_hash"] == prompt_hash == outputs["template_hash"]
+    assert lineage["libraries"]["peft"] and lineage["libraries"]["bitsandbytes"]
+    model_info = json.loads((staging / "model.json").read_text())
+    assert model_info["quantization"]["type"] == "nf4" and model_info["version"] == fingerprint[:12]
+    metrics = json.loads((staging / "metrics.json").read_text())
+    assert len(metrics["loss_per_step"]) == 30 and metrics["tokens_per_second"] > 0
+    assert metrics["peak_memory_mb"] > 0
+    assert any("step 30/30" in line for line in ctx.reported)  # live progress reached the user
+
+    model = load_trained(staging)
+    assert any(type(m).__name__ == "Linear4bit" for m in model.model.modules())  # really QLoRA
+    [gen] = model.generate([model.render("How do I cancel my subscription?", "Product: Nimbus Notes.")], 24)
+    assert gen.completion_tokens > 0
+
+    # The same fingerprint again (e.g. apply died after training): the finished run is reused.
+    again, _ = apply_once(tune, ctx)
+    assert again["final_loss"] == outputs["final_loss"]
+    assert [p.name for p in (ctx.store.root / "ray_runs").iterdir()] == [run_name(fingerprint)]
+    assert any("resumed from checkpoint at step 30" in line for line in ctx.reported)
+
+
+def test_more_gpus_than_the_cluster_has_fails_fast(ray_project, tmp_path):
+    tune, ctx = tuning_setup(tmp_path, ray_project, max_steps=2)
+    spec = tune.spec.model_copy(update={"resources": tune.spec.resources.model_copy(
+        update={"workers": 2, "gpus_per_worker": 1})})
+    tune = type(tune)(tune.kind, tune.metadata, spec, tune.file, tune.line)
+    ctx.fingerprints[tune.key] = "f" * 64
+    started = time.monotonic()
+    with pytest.raises(PlanError, match=r"resources: the job needs 2 GPU .* the Ray cluster has 0"):
+        apply_once(tune, ctx)
+    assert time.monotonic() - started < 60 and not (ctx.store.root / "ray_runs").exists()
+
+
+def _apply_in_this_process(root: str, project_root: str) -> None:
+    """Entry point of the subprocess the kill test SIGKILLs mid-training."""
+    project = Project(Path(project_root), ProjectSettings())
+    tune, ctx = tuning_setup(Path(root), project, **KILL_TRAINING)
+    apply_once(tune, ctx)
+
+
+KILL_TRAINING = {"max_steps": 16, "batch_size": 8, "save_every_steps": 4}
+
+
+def _latest_checkpoint_step(runs: Path) -> int:
+    steps = [0]
+    for path in runs.glob("*/checkpoint_*/state.json"):
+        try:
+            steps.append(json.loads(path.read_text())["step"])
+        except ValueError:
+            continue  # Ray is still copying this checkpoint into the run directory
+    return max(steps)
+
+
+def test_killed_training_resumes_from_its_checkpoint(ray_project, tmp_path):
+    code = f"from tests.test_tuning_e2e import _apply_in_this_process as a; a({str(tmp_path)!r}, {str(ray_project.root)!r})"
+    log = (tmp_path / "child.log").open("w")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    runs = tmp_path / "store" / "ray_runs"
+    try:
+        deadline = time.monotonic() + 300
+        while _latest_checkpoint_step(runs) == 0:
+            tail = (tmp_path / "child.log").read_text()[-3000:]
+            assert child.poll() is None, f"the training subprocess exited before its first checkpoint:\n{tail}"
+            assert time.monotonic() < deadline, f"no checkpoint within 300 s:\n{tail}"
+            time.sleep(0.2)
+        time.sleep(2)  # let Ray Train register the checkpoint it just persisted
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    killed_at = _latest_checkpoint_step(runs)
+    assert 0 < killed_at < KILL_TRAINING["max_steps"]
+
+    tune, ctx = tuning_setup(tmp_path, ray_project, **KILL_TRAINING)
+    outputs, staging = apply_once(tune, ctx)
+
+    metrics = json.loads((staging / "metrics.json").read_text())
+    resumed = metrics["resumed_from_step"]
+    assert resumed and resumed % KILL_TRAINING["save_every_steps"] == 0 and resumed >= killed_at - 4
+    assert [step for step, _ in metrics["loss_per_step"]] == list(range(1, 17))  # history spans both runs
+    assert len(list(runs.iterdir())) == 1  # one Ray run, continued
+    assert outputs["steps"] == 16
