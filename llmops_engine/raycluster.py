@@ -172,7 +172,8 @@ def connect(project: Project) -> ClusterInfo:
         ray.init(
             address=info.address,
             logging_level="WARNING",
-            log_to_driver=True,
+            # Progress comes through the engine's own channel; worker chatter stays in Ray's logs.
+            log_to_driver=False,
             runtime_env={
                 "env_vars": {
                     # Nothing the engine runs on Ray may reach the model hub.

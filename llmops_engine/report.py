@@ -47,12 +47,14 @@ def usage_lines(engine: Engine, record) -> list[str]:
     if env and demo_key.is_file():
         lines.append(f"export {env}=$(cat {demo_key.relative_to(engine.project.root)})   # the demo's local key")
     header = f' -H "Authorization: Bearer ${env}"' if env else ""
-    body = '{"model": "%s", "messages": [{"role": "user", "content": "How do I reset my password?"}]}' % model
+    messages = ('[{"role": "system", "content": "Product: Nimbus Chat. Plan: Plus."}, '
+                '{"role": "user", "content": "How do I reset my password?"}]')
+    body = '{"model": "%s", "messages": %s}' % (model, messages)
     lines.append(f"curl -s {endpoint}/chat/completions{header} -H 'Content-Type: application/json' -d '{body}'")
     key_expr = f'os.environ["{env}"].split(",")[0]' if env else '"none"'
     lines.append(
         f'python -c \'import os, openai; c = openai.OpenAI(base_url="{endpoint}", api_key={key_expr}); '
-        f'print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "How do I reset my password?"}}]).choices[0].message.content)\''
+        f'print(c.chat.completions.create(model="{model}", messages={messages}).choices[0].message.content)\''
     )
     return lines
 

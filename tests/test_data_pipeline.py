@@ -139,7 +139,7 @@ CONVERSATION = [
 def test_chat_turns_become_instruction_input_output():
     assert chat_to_example(CONVERSATION) == {
         "instruction": "How do I export my data?",
-        "input": "system: You are Nimbus support.\nuser: Hi\nassistant: Hello! How can I help?",
+        "input": "You are Nimbus support.\nuser: Hi\nassistant: Hello! How can I help?",
         "output": "Open Settings > Export.",
     }
     assert chat_to_example([{"role": "user", "content": "only a question"}])["output"] is None
@@ -158,7 +158,7 @@ def test_chat_source_in_jsonl_and_csv(tmp_path):
     assert run(tmp_path, spec(source={"path": "data/chat.csv"}, **chat)) == from_jsonl
     examples = from_jsonl[0] + from_jsonl[1]
     assert {e["instruction"] for e in examples} == {"Hi", "How do I export my data?"}
-    assert any(e["input"].startswith("system: You are Nimbus support.") for e in examples)
+    assert any(e["input"].startswith("You are Nimbus support.") for e in examples)
 
 
 # --- transforms -----------------------------------------------------------------------

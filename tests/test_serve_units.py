@@ -94,7 +94,7 @@ def test_openai_requests_tolerate_unknown_fields_and_map_chat_turns():
                                      {"role": "user", "content": [{"type": "text", "text": "reset password?"}]}],
         "max_completion_tokens": 5, "logit_bias": {}, "user": "u1", "stream_options": {"include_usage": True},
     })
-    assert chat.instruction_and_input() == ("reset password?", "user: hi\nassistant: hello")
+    assert chat.instruction_and_input() == ("reset password?", "be brief\nuser: hi\nassistant: hello")
     assert chat.requested_tokens() == 5 and chat.include_usage()
     completion = CompletionRequest.model_validate({"model": "api", "prompt": ["a", "b"], "stop": "\n", "echo": False})
     assert completion.prompts() == ["a", "b"] and completion.stops() == ["\n"] and completion.requested_tokens() == 16

@@ -5,8 +5,11 @@ turns, `[{role, content}, ...]` (a list, or a JSON string of one, as CSV stores 
 is normalized like this, one example per conversation:
   - output      = the content of the LAST assistant turn;
   - instruction = the content of the last user turn before it;
-  - input       = every earlier turn (system prompt and prior exchanges), one
-                  "role: content" line each, in order; "" when there are none.
+  - input       = every earlier turn, in order: a system prompt's content as it is
+                  (it is the context), other turns one "role: content" line each;
+                  "" when there are none.
+The server maps OpenAI chat requests with this same function, so a model is always
+asked in the format it was trained on.
 A conversation without an assistant or user turn gets output/instruction None, which
 `drop_empty` removes and a not-null rule reports.
 
@@ -41,8 +44,13 @@ def chat_to_example(turns: list[dict]) -> Example:
     output = _text(turns[last_assistant].get("content")) if last_assistant is not None else None
     instruction = _text(turns[last_user].get("content")) if last_user is not None else None
     history = turns[:last_user] if last_user is not None else []
-    lines = [f"{turn.get('role', '')}: {_text(turn.get('content')) or ''}" for turn in history]
+    lines = [_history_line(turn) for turn in history]
     return {"instruction": instruction, "input": "\n".join(lines), "output": output}
+
+
+def _history_line(turn: dict) -> str:
+    content = _text(turn.get("content")) or ""
+    return content if turn.get("role") == "system" else f"{turn.get('role', '')}: {content}"
 
 
 def _last_index(turns: list[dict], role: str, before: int) -> int | None:

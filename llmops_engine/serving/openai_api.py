@@ -74,14 +74,16 @@ class ChatRequest(_Sampling):
         return self.max_completion_tokens or self.max_tokens
 
     def instruction_and_input(self) -> tuple[str, str]:
-        """The last user message is the instruction; earlier turns become the input."""
-        turns = [m for m in self.messages if m.role != "system"]
-        users = [i for i, m in enumerate(turns) if m.role == "user"]
-        if not users:
+        """Exactly the mapping training data went through (data.examples.chat_to_example):
+        the last user message is the instruction, earlier turns the input."""
+        from ..data.examples import chat_to_example
+
+        turns = [{"role": m.role, "content": m.text()} for m in self.messages]
+        # Training conversations end with the assistant turn being learned; this one is to come.
+        example = chat_to_example(turns + [{"role": "assistant", "content": ""}])
+        if example["instruction"] is None:
             raise APIError(400, "messages must contain a user message", "invalid_messages", "messages")
-        last = users[-1]
-        history = "\n".join(f"{m.role}: {m.text()}" for m in turns[:last])
-        return turns[last].text(), history
+        return example["instruction"], example["input"] or ""
 
 
 class CompletionRequest(_Sampling):
