@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -207,6 +208,7 @@ def stop_local(project: Project) -> bool:
         _connected_address = None
     killed = _kill_head_processes(Path(state["temp_dir"]))
     _state_file(project).unlink(missing_ok=True)
+    shutil.rmtree(state["temp_dir"], ignore_errors=True)  # sessions and logs of the stopped head
     return killed > 0
 
 

@@ -1,8 +1,8 @@
 """The README's main command, end to end, on a fresh copy of the repository's demo:
 DVC data → GX validation → QLoRA on Ray Train → evaluation gate → Ray Serve → real HTTP.
 
-Same code path as `./scripts/demo.sh`; only the number of training steps is capped
-(LLMOPS_MAX_STEPS) so CI stays fast. Timings are printed, not asserted.
+Same code path and specs as `./scripts/demo.sh`, uncapped: the shipped gate must pass on
+what the shipped tuning job really achieves. Timings are printed, not asserted.
 """
 
 import os
@@ -54,7 +54,7 @@ def test_demo_apply_end_to_end(tmp_path):
     settings = (root / "llmops.yaml").read_text().replace("port: 8000", f"port: {port}")
     (root / "llmops.yaml").write_text(settings)
     key = "sk-e2e-" + os.urandom(8).hex()
-    env = {**os.environ, "LLMOPS_MAX_STEPS": os.environ.get("LLMOPS_MAX_STEPS", "60"), "LLMOPS_API_KEYS": key}
+    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_MAX_STEPS"} | {"LLMOPS_API_KEYS": key}
     try:
         started = time.monotonic()
         first = llmops(root, "apply", env=env)
@@ -69,9 +69,11 @@ def test_demo_apply_end_to_end(tmp_path):
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
         reply = client.chat.completions.create(
-            model="support-api", messages=[{"role": "user", "content": "How do I reset my password?"}], max_tokens=32
+            model="support-api", max_tokens=96,
+            messages=[{"role": "system", "content": "Product: Nimbus Chat. Plan: Plus."},
+                      {"role": "user", "content": "How do I reset my password?"}],
         )
-        assert reply.choices[0].message.content.strip()
+        assert "Reset password" in reply.choices[0].message.content
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
 
