@@ -39,3 +39,36 @@ def make_project(tmp_path):
         return write_project(tmp_path / name, specs, settings)
 
     return factory
+
+
+# A Prompt + Dataset → TuningJob chain for reconciler tests (run through recording controllers).
+SPECS = {
+    "prompt.yaml": """
+        apiVersion: llmops/v1
+        kind: Prompt
+        metadata: {name: p}
+        spec: {template: "Q: {instruction}"}
+        """,
+    "data.yaml": """
+        apiVersion: llmops/v1
+        kind: Dataset
+        metadata: {name: d}
+        spec:
+          source: {path: data/x.jsonl}
+          columns: {instruction: q, output: a}
+        """,
+    "job.yaml": """
+        apiVersion: llmops/v1
+        kind: TuningJob
+        metadata: {name: t}
+        spec: {base_model: "builtin:tiny-llama", dataset: d, prompt: p, training: {epochs: 1}}
+        """,
+}
+
+
+@pytest.fixture
+def project_root(make_project):
+    root = make_project(SPECS)
+    (root / "data").mkdir()
+    (root / "data" / "x.jsonl").write_text('{"q": "1", "a": "2"}\n')
+    return root

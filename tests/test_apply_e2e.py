@@ -19,38 +19,6 @@ from tests import recording_controllers
 
 REPO = Path(__file__).resolve().parent.parent
 
-SPECS = {
-    "prompt.yaml": """
-        apiVersion: llmops/v1
-        kind: Prompt
-        metadata: {name: p}
-        spec: {template: "Q: {instruction}"}
-        """,
-    "data.yaml": """
-        apiVersion: llmops/v1
-        kind: Dataset
-        metadata: {name: d}
-        spec:
-          source: {path: data/x.jsonl}
-          columns: {instruction: q, output: a}
-        """,
-    "job.yaml": """
-        apiVersion: llmops/v1
-        kind: TuningJob
-        metadata: {name: t}
-        spec: {base_model: "builtin:tiny-llama", dataset: d, prompt: p, training: {epochs: 1}}
-        """,
-}
-
-
-@pytest.fixture
-def project_root(make_project):
-    root = make_project(SPECS)
-    (root / "data").mkdir()
-    (root / "data" / "x.jsonl").write_text('{"q": "1", "a": "2"}\n')
-    return root
-
-
 @pytest.fixture(autouse=True)
 def recording():
     recording_controllers.install()
@@ -158,11 +126,11 @@ def test_prune_deletes_only_when_asked_and_never_everything(project_root):
 RUNNER = """
 import sys
 sys.path.insert(0, {repo!r})
+from pathlib import Path
 from tests import recording_controllers
 from llmops_engine.engine import Engine
 from llmops_engine.project import load_project
 recording_controllers.install(TuningJob={{"sleep_s": {sleep}}})
-from pathlib import Path
 result = Engine(load_project(Path({root!r})), report=print).apply(lock_timeout={lock_timeout})
 print("EXIT", result.exit_code())
 """

@@ -9,17 +9,13 @@ from typer.testing import CliRunner
 
 from llmops_engine.cli import app
 from tests import recording_controllers
-from tests.test_apply_e2e import SPECS
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def root(make_project):
-    root = make_project(SPECS)
-    (root / "data").mkdir()
-    (root / "data" / "x.jsonl").write_text('{"q": "1", "a": "2"}\n')
-    return root
+def root(project_root):
+    return project_root
 
 
 def invoke(*args):

@@ -10,8 +10,7 @@ import pytest
 
 from llmops_engine.scaffold import workflow_files
 from tests import recording_controllers
-from tests.test_apply_e2e import SPECS
-from tests.conftest import write_project
+from tests.conftest import SPECS, write_project
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
