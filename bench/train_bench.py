@@ -38,7 +38,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def load_demo(limit: int | None = None) -> tuple[list[dict], dict, dict]:
     import yaml
 
-    rows = [json.loads(line) for line in (REPO / "data/support_tickets.jsonl").read_text().splitlines()]
+    from llmops_engine.data.demo import generate  # the demo's raw data, as data.dvc records it
+
+    rows = generate()
     rows = [{"instruction": r["question"], "input": r.get("context") or "", "output": r["answer"]} for r in rows]
     random.Random(42).shuffle(rows)
     prompt = yaml.safe_load((REPO / "specs/prompt.yaml").read_text())

@@ -27,17 +27,22 @@ def bad_project(tmp_path: Path) -> Path:
 
 
 def test_demo_dataset_passes_and_reports_are_offline(tmp_path, monkeypatch):
+    from llmops_engine.data.demo import write_demo
+
     monkeypatch.chdir(tmp_path)  # GX must not create a project context (gx/) anywhere
     (resource,) = [r for r in load_resources(REPO, ["specs"]) if r.kind == "Dataset"]
+    # A fresh clone has no raw data yet (it is DVC-tracked): generate it as bootstrap would.
+    root = tmp_path / "repo"
+    write_demo(root / resource.spec.source.path)
     out = tmp_path / "out"
-    result = build(resource.name, resource.spec, REPO, out, tmp_path / "failed")
+    result = build(resource.name, resource.spec, root, out, tmp_path / "failed")
     assert result.report["success"] and len(result.report["rules"]) >= 5
     assert result.train_rows + result.eval_rows == 500
     assert json.loads((out / "validation.json").read_text())["rows"] == {"raw": 500, "train": result.train_rows,
                                                                         "eval": result.eval_rows}
     markdown = (out / "validation.md").read_text()
     assert "PASSED" in markdown and "http" not in markdown
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "repo"]
 
 
 def test_failed_validation_names_each_rule_and_keeps_previous_data(tmp_path):

@@ -35,8 +35,10 @@ def _uncapped(monkeypatch):
 
 
 def demo_rows(limit: int = 240) -> list[dict]:
-    lines = (REPO / "data" / "support_tickets.jsonl").read_text().splitlines()[:limit]
-    rows = [json.loads(line) for line in lines]
+    # The raw file is DVC-tracked (absent from a fresh clone); the shipped generator makes it.
+    from llmops_engine.data.demo import generate
+
+    rows = generate()[:limit]
     return [{"instruction": r["question"], "input": r.get("context") or "", "output": r["answer"]} for r in rows]
 
 
