@@ -146,7 +146,8 @@ def test_killed_training_resumes_from_its_checkpoint(ray_project, tmp_path):
             time.sleep(0.2)
         time.sleep(1)  # let Ray Train register the checkpoint it just persisted
     finally:
-        os.kill(child.pid, signal.SIGKILL)
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
         child.wait()
     killed_at = _latest_checkpoint_step(runs)
     assert 0 < killed_at < KILL_TRAINING["max_steps"]
