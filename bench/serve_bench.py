@@ -86,6 +86,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--port", type=int, default=None, help="Serve HTTP port (default: the project's)")
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait-s", type=float, default=0.05, help="spec.batching.batch_wait_timeout_s (its default)")
     args = parser.parse_args()
 
     project = load_project()
@@ -95,7 +96,7 @@ def main() -> int:
     spec = DeploymentSpec.model_validate({
         "model": "bench", "prompt": "bench", "gate": None, "auth": "none",
         "limits": {"max_new_tokens": args.max_tokens},
-        "batching": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": 0.01},
+        "batching": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s},
     }).model_dump(mode="json")
     target = ModelRef(version="builtin", base=MODEL, store_root=str(store_root))
 
