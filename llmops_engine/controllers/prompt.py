@@ -14,6 +14,5 @@ class PromptController(BaseController):
 
     def apply(self, resource: Resource, ctx: ApplyContext, staging: Path) -> Outputs:
         spec = resource.spec
-        template = {"system": spec.system, "template": spec.template, "template_no_input": spec.template_no_input}
-        (staging / "template.json").write_text(json.dumps(template, indent=2))
+        (staging / "template.json").write_text(json.dumps(spec.saved(), indent=2))
         return {"template_hash": spec.template_hash()}

@@ -115,8 +115,7 @@ def _write_artifacts(resource, ctx, staging: Path, base, prompt_spec, result, ca
     quantization = spec.effective_quantization()
 
     AutoTokenizer.from_pretrained(base.path).save_pretrained(staging / "tokenizer")
-    template = {"system": prompt_spec.system, "template": prompt_spec.template,
-                "template_no_input": prompt_spec.template_no_input, "template_hash": prompt_spec.template_hash()}
+    template = prompt_spec.saved()
     model_info = {"base_model": spec.base_model, "base_path": str(base.path), "method": spec.method,
                   "quantization": quantization.model_dump() if quantization else None, "version": version}
     metrics = training_metrics(result.state, result.wall_seconds)

@@ -32,7 +32,7 @@ def candidate(resource: Resource, ctx: ApplyContext) -> Contender:
     spec = resource.spec
     if spec.model.startswith("base:"):
         prompt = ctx.resources[f"Prompt/{spec.prompt}"].spec
-        template = {key: getattr(prompt, key) for key in TEMPLATE_KEYS}
+        template = prompt.saved()
         ref = _absolute_ref(spec.model.removeprefix("base:"), ctx)
         return Contender("candidate", spec.model, template, prompt.template_hash(), base_ref=ref)
     key = f"TuningJob/{spec.model}"

@@ -37,9 +37,7 @@ def load_examples(dataset_dir: Path, limit: int | None) -> list[dict]:
 
 def render(template: dict, example: dict) -> str:
     """The prompt for one example; the same rendering the Prompt kind defines."""
-    return PromptSpec(**{k: v for k, v in template.items() if v is not None}).render(
-        example["instruction"], example.get("input") or ""
-    )
+    return PromptSpec.from_saved(template).render(example["instruction"], example.get("input") or "")
 
 
 def run_on_cluster(

@@ -72,8 +72,7 @@ class LoadedModel:
             raise ModelLoadError(f"model {self.version} has no prompt template; render prompts yourself")
         from ..specs.prompt import PromptSpec
 
-        fields = {k: self.template.get(k) for k in ("template", "template_no_input", "system")}
-        return PromptSpec.model_validate(fields).render(instruction, input)
+        return PromptSpec.from_saved(self.template).render(instruction, input)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

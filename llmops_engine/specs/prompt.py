@@ -47,6 +47,16 @@ class PromptSpec(KindSpec):
         text = chosen.format(instruction=instruction, input=input)
         return f"{self.system}\n{text}" if self.system else text
 
+    def saved(self) -> dict:
+        """The form saved with artifacts (template.json): what serving and evaluation render with."""
+        return {"system": self.system, "template": self.template, "template_no_input": self.template_no_input,
+                "template_hash": self.template_hash()}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "PromptSpec":
+        fields = ("system", "template", "template_no_input")
+        return cls.model_validate({k: saved[k] for k in fields if saved.get(k) is not None})
+
     def template_hash(self) -> str:
         canonical = "\x00".join([self.system or "", self.template, self.template_no_input or ""])
         return hashlib.sha256(canonical.encode()).hexdigest()
