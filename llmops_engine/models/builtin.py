@@ -83,6 +83,9 @@ def _build(name: str, out_dir: Path) -> None:
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a progress bar for a few-MB file is noise in apply's output
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     manifest = {"ref": f"builtin:{name}", "seed": seed, "weights_hash": weights_hash(out_dir)}
