@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import secrets
 import shutil
@@ -193,8 +192,6 @@ def connect(project: Project) -> ClusterInfo:
             "Check RAY_ADDRESS, or run `llmops down` and retry to restart the local head."
         ) from exc
     _connected_address = info.address
-    # Serve's driver-side client logs its internals at INFO; apply reports progress itself.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return info
 
 

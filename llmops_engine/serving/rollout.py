@@ -216,8 +216,12 @@ def _fail_fast(live: dict[str, Any], app: str, deployment: str | None) -> None:
 
 
 def _handle(app: str, deployment: str):
+    import logging
+
     from ray import serve
 
+    # Importing Serve sets its driver-side logger to INFO; apply reports progress itself.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return serve.get_deployment_handle(deployment, app_name=app)
 
 
