@@ -53,18 +53,3 @@ def topological_order(by_key: Mapping[str, Resource]) -> list[str]:
     for key in sorted(by_key):
         visit(key)
     return order
-
-
-def downstream(by_key: Mapping[str, Resource], roots: set[str]) -> set[str]:
-    """Every resource that depends, directly or not, on one of `roots` (roots excluded)."""
-    found: set[str] = set()
-    changed = True
-    while changed:
-        changed = False
-        for key, resource in by_key.items():
-            if key in found or key in roots:
-                continue
-            if any(dep in roots or dep in found for dep in dependencies(resource)):
-                found.add(key)
-                changed = True
-    return found

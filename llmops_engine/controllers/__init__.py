@@ -46,11 +46,4 @@ def controller_for(kind: str) -> Controller:
     return controller
 
 
-def has_controller(kind: str) -> bool:
-    if kind in _registered:
-        return True
-    target = BUILTIN.get(kind)
-    return target is not None and importlib.util.find_spec(target.partition(":")[0]) is not None
-
-
 __all__ = ["ApplyContext", "BaseController", "Controller", "Outputs", "controller_for", "register"]

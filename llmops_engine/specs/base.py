@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -60,9 +60,3 @@ def reference(field: str, kind: str, name: str | None) -> list[Reference]:
 
 def is_glob(path: str) -> bool:
     return bool(re.search(r"[*?\[]", path))
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", exclude_none=True)
-    return value

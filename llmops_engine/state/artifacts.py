@@ -10,7 +10,6 @@ object-store backend plugs in.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -79,10 +78,6 @@ def atomic_write(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def _local_root(url: str) -> Path:
