@@ -55,10 +55,10 @@ def engine_run(work: Path, rows: list[dict], prompt_doc: dict, tuning_doc: dict,
     from llmops_engine.project import Project, ProjectSettings
     from llmops_engine.specs import KINDS, Metadata
     from llmops_engine.specs.resource import Resource
-    from llmops_engine.state.artifacts import ArtifactStore
+    from llmops_engine.state.artifacts import open_store
 
     project = Project(work, ProjectSettings())
-    store = ArtifactStore(project.artifact_store_url())
+    store = open_store(project)
     prompt = Resource("Prompt", Metadata(name="support-answer"), KINDS["Prompt"].model_validate(prompt_doc["spec"]), "b", 1)
     spec = {**tuning_doc["spec"], "training": {**tuning_doc["spec"]["training"], **training}}
     tune = Resource("TuningJob", Metadata(name="bench"), KINDS["TuningJob"].model_validate(spec), "b", 1)

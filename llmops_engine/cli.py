@@ -154,11 +154,13 @@ def status(
     from .report import status_rows
 
     with user_errors():
-        rows = status_rows(_engine(directory))
+        engine = _engine(directory)
+        rows = status_rows(engine)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("kind", "name", "fingerprint", "state", "last applied", "outputs")
+    table = Table("kind", "name", "fingerprint", "state", "last applied", "outputs",
+                  caption=f"artifact store: {engine.store.url}")
     for row in rows:
         table.add_row(row["kind"], row["name"], row["fingerprint"][:12], row["state"], when(row["applied_at"]), row["summary"])
     console.print(table)
@@ -217,11 +219,9 @@ def schema(
 def force_unlock(lock_id: str = typer.Argument(..., help="The lock id printed by the blocked apply."),
                  directory: Optional[Path] = DirOption) -> None:
     """Release an apply lock whose holder is gone."""
-    from .state.lock import ApplyLock
-
     with user_errors():
         engine = _engine(directory)
-        lease = ApplyLock(engine.store.root / "locks").force_unlock(lock_id)
+        lease = engine.store.lock().force_unlock(lock_id)
     console.print(f"released {lease.describe()}")
 
 

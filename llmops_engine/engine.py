@@ -23,9 +23,8 @@ from .planner import Action, DesiredResource, ObservedResource, Plan, make_plan
 from .project import Project
 from .specs.loader import load_resources
 from .specs.resource import Resource
-from .state.artifacts import ArtifactStore
+from .state.artifacts import ArtifactStore, open_store
 from .state.journal import Journal
-from .state.lock import ApplyLock
 from .state.records import ResourceRecord
 
 Reporter = Callable[[str], None]
@@ -87,7 +86,7 @@ class Engine:
     @property
     def store(self) -> ArtifactStore:
         if self._store is None:
-            self._store = ArtifactStore(self.project.artifact_store_url())
+            self._store = open_store(self.project)
         return self._store
 
     def journal(self) -> Journal:
@@ -148,7 +147,7 @@ class Engine:
         lock_timeout: float = 0.0,
         before_step: Callable[[Action], None] | None = None,
     ) -> ApplyResult:
-        lock = ApplyLock(self.store.root / "locks", self.project.settings.lock_ttl_s)
+        lock = self.store.lock(self.project.settings.lock_ttl_s)
         lock.acquire(timeout_s=lock_timeout)
         try:
             plan, desired, records = self.plan(prune=prune, allow_empty=allow_empty)

@@ -108,3 +108,7 @@ class RolloutFailed(DeploymentError):
 
 class ClusterError(LLMOpsError):
     """The Ray cluster could not be started or reached."""
+
+
+class StoreError(LLMOpsError):
+    """The artifact store could not be read or written (URL, credentials, network)."""

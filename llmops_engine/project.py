@@ -29,7 +29,8 @@ class ProjectSettings(StrictModel):
     spec_dirs: list[str] = Field(default_factory=lambda: ["specs"])
     state_dir: str = Field(default=".llmops", description="Local journal, history and caches.")
     artifact_store: str = Field(
-        default=".llmops/store", description="Directory or file:// URL holding outputs by fingerprint."
+        default=".llmops/store", description="Where outputs (by fingerprint), resource records and the apply lock live: a directory, "
+        "a file:// URL, or any fsspec URL such as s3://bucket/prefix or gs://bucket/prefix."
     )
     lock_ttl_s: float = Field(default=120, gt=0)
     ray: RaySettings = Field(default_factory=RaySettings)

@@ -29,7 +29,7 @@ def workflow_files() -> dict[str, str]:
     result = {}
     for name in WORKFLOWS:
         text = (templates / name).read_text()
-        text = text.replace("./scripts/setup.sh", "python -m pip install llmops-engine")
+        text = text.replace("./scripts/setup.sh", 'python -m pip install "llmops-engine${LLMOPS_EXTRAS:+[$LLMOPS_EXTRAS]}"')
         result[f".github/workflows/{name}"] = text.replace(".venv/bin/llmops", "llmops")
     return result
 

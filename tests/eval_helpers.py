@@ -11,7 +11,7 @@ from llmops_engine.controllers.base import ApplyContext
 from llmops_engine.project import Project, ProjectSettings
 from llmops_engine.specs import KINDS, Metadata
 from llmops_engine.specs.resource import Resource
-from llmops_engine.state.artifacts import ArtifactStore
+from llmops_engine.state.artifacts import ArtifactStore, LocalStore
 
 PROMPT = {"template": "Q: {instruction}\nA:"}
 DATASET = {"source": {"path": "data/x.jsonl"}, "columns": {"instruction": "q", "output": "a"}}
@@ -25,9 +25,10 @@ def fingerprint_of(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def make_context(root: Path, resources: list[Resource], records=None, project: Project | None = None) -> ApplyContext:
+def make_context(root: Path, resources: list[Resource], records=None, project: Project | None = None,
+                 store: ArtifactStore | None = None) -> ApplyContext:
     project = project or Project(root, ProjectSettings())
-    store = ArtifactStore(str(root / "store"))
+    store = store or LocalStore(str(root / "store"), root / "store")
     fingerprints = {r.key: fingerprint_of(r.key, r.normalized_spec()) for r in resources}
     lines: list[str] = []
     ctx = ApplyContext(project, store, {r.key: r for r in resources}, fingerprints, records or {}, lines.append)

@@ -181,21 +181,19 @@ def test_second_apply_fails_fast_with_holder_then_waits(project_root):
 
 
 def test_lock_of_a_dead_holder_is_taken_over_and_force_unlock(project_root):
-    from llmops_engine.state.lock import ApplyLock
-
     proc = run_apply(project_root, sleep=60)
     wait_for(project_root / "running-TuningJob")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     eng = engine(project_root)
-    lock = ApplyLock(eng.store.root / "locks")
+    lock = eng.store.lock()
     stale = lock.holder()
     assert stale is not None and stale.pid == proc.pid
     assert eng.apply().exit_code() == 0  # a dead holder does not block
-    held = ApplyLock(eng.store.root / "locks")
+    held = eng.store.lock()
     lease = held.acquire()
     with pytest.raises(LockError, match="mismatch"):
-        ApplyLock(eng.store.root / "locks").force_unlock("not-the-id")
-    ApplyLock(eng.store.root / "locks").force_unlock(lease.id)
-    assert ApplyLock(eng.store.root / "locks").holder() is None
+        eng.store.lock().force_unlock("not-the-id")
+    eng.store.lock().force_unlock(lease.id)
+    assert eng.store.lock().holder() is None
     held.release()

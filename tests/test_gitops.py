@@ -1,12 +1,10 @@
 """GitOps wiring: workflow files are valid GitHub workflows, `init` ships them, and the
 plan workflow's commands produce the PR comment for a simulated pull request."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from llmops_engine.scaffold import workflow_files
 from tests import recording_controllers

@@ -28,7 +28,7 @@ from llmops_engine.serving.logs import read_logs
 from llmops_engine.serving.rest import http_options
 from llmops_engine.specs import KINDS, Metadata
 from llmops_engine.specs.resource import Resource
-from llmops_engine.state.artifacts import ArtifactStore
+from llmops_engine.state.artifacts import open_store
 from llmops_engine.state.records import ResourceRecord
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ class Harness:
     def __init__(self, project: Project, url: str):
         self.project, self.url = project, url
         self.replicas: set[str] = set()  # replica actors after the first deploy
-        self.store = ArtifactStore(project.artifact_store_url())
+        self.store = open_store(project)
         self.template_hash = KINDS["Prompt"].model_validate(TEMPLATE).template_hash()
 
     def model(self, tag: str) -> str:

@@ -15,7 +15,7 @@ from ..errors import GateFailed
 from ..evaluation import contenders as pick
 from ..evaluation.gates import table
 from ..evaluation.outcome import Outcome, assess
-from ..evaluation.report import keep_failed_report, write_results
+from ..evaluation.report import write_results
 from ..specs.resource import Resource
 from .base import ApplyContext, BaseController, Outputs
 
@@ -48,8 +48,8 @@ class EvaluationController(BaseController):
         write_results(staging, outcome, _run_info(resource, ctx, fingerprint, candidate))
 
         if not outcome.verdict.passed:
-            report_dir = keep_failed_report(staging, ctx.store.root / "reports" / fingerprint)
-            raise _gate_failed(resource, outcome, report_dir)
+            report_dir = ctx.store.keep_report(fingerprint, staging)
+            raise _gate_failed(resource, outcome, report_dir, ctx.store.report_url(fingerprint))
         ctx.report(f"{resource.key}: gate passed for {spec.model}")
         return _outputs(outcome)
 
@@ -74,7 +74,7 @@ def _run_info(resource: Resource, ctx: ApplyContext, fingerprint: str, candidate
     }
 
 
-def _gate_failed(resource: Resource, outcome: Outcome, report_dir: Path) -> GateFailed:
+def _gate_failed(resource: Resource, outcome: Outcome, report_dir: Path, shared_url: str | None) -> GateFailed:
     failed = len(outcome.verdict.failures)
     gate_table = table(outcome.verdict)
     lines = [
@@ -82,7 +82,7 @@ def _gate_failed(resource: Resource, outcome: Outcome, report_dir: Path) -> Gate
         f"{resource.spec.model} is not promoted; the live version keeps serving.",
         gate_table,
         *[f"note: {n}" for n in outcome.notes],
-        f"Report: {report_dir / 'report.md'}",
+        f"Report: {report_dir / 'report.md'}" + (f" (shared copy: {shared_url})" if shared_url else ""),
     ]
     error = GateFailed("\n".join(lines))
     error.table = gate_table  # for the CLI: staging (and its report) is discarded on failure

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,17 +20,6 @@ def write_results(directory: Path, outcome: Outcome, run_info: dict) -> None:
         for row in example_rows(outcome):
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (directory / "report.md").write_text(markdown(outcome, run_info), encoding="utf-8")
-
-
-def keep_failed_report(staging: Path, target: Path) -> Path:
-    """Copy a failed run's results outside objects/, replacing an older failed report of the
-    same fingerprint. The apply then fails and discards staging; this copy stays."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name[:12]}-", dir=target.parent))
-    shutil.copytree(staging, temporary, dirs_exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(temporary, target)
-    return target
 
 
 def metrics_document(outcome: Outcome, run_info: dict) -> dict:

@@ -14,8 +14,7 @@ from typing import Any, Callable
 
 from ..errors import DeploymentError, LLMOpsError
 from ..project import Project
-from ..state.artifacts import ArtifactStore
-from ..state.lock import ApplyLock
+from ..state.artifacts import ArtifactStore, open_store
 from .config import AppSettings, ModelRef, app_config, config_digest, hash_key
 from .logs import log_path
 from .rest import Dashboard, http_options
@@ -75,8 +74,8 @@ def rollback(
     with the same readiness and smoke checks as any rollout), holding the apply lock.
     Returns the new record outputs; the record's fingerprint is kept, so `plan` stays clean
     until the specs change."""
-    store = ArtifactStore(project.artifact_store_url())
-    lock = ApplyLock(store.root / "locks", project.settings.lock_ttl_s)
+    store = open_store(project)
+    lock = store.lock(project.settings.lock_ttl_s)
     lock.acquire(timeout_s=lock_timeout, command=f"llmops rollback {name}")
     try:
         return _rollback(project, store, name, report)

@@ -1,9 +1,12 @@
-"""The apply lock: a lease record beside the artifacts, so a terminal and CI sharing one
-store exclude each other.
+"""The apply lock: a lease record in the store's locks/ folder, so a terminal and CI
+sharing one store exclude each other — on a shared disk or on an object store.
 
-`filelock` guards the short read-modify-write of the lease; the lease itself names its
-holder (host, pid, start, command) and expires unless renewed, so a holder that died
-on another machine is detected by its TTL, and one on this machine by its pid.
+Only one primitive is needed from storage: create-if-absent (a hard link on a local disk,
+a conditional write on an object store). The lease names its holder (host, pid, start,
+command) and expires unless renewed, so a holder that died on another machine is detected
+by its TTL, and one on this machine by its pid. Taking over a stale lease goes through a
+create-if-absent "takeover" marker named after that lease, so two contenders cannot both
+take it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,11 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
-
-from filelock import FileLock, Timeout
 
 from ..errors import LockError
-from .artifacts import atomic_write
+from .artifacts import LeaseFiles
+
+LEASE = "apply.json"
 
 
 @dataclass
@@ -37,27 +39,33 @@ class Lease:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         return f"lock {self.id} held by pid {self.pid} on {self.host} since {started}: {self.command}"
 
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
 
 class ApplyLock:
-    def __init__(self, directory: Path, ttl_s: float = 120.0):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "apply.json"
-        self.guard = FileLock(str(directory / "apply.json.lock"))
+    def __init__(self, files: LeaseFiles, ttl_s: float = 120.0, where: str = ""):
+        self.files = files
         self.ttl_s = ttl_s
+        self.where = where
         self.lease: Lease | None = None
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
     def holder(self) -> Lease | None:
+        data = self.files.read(LEASE)
+        if data is None:
+            return None
         try:
-            return Lease(**json.loads(self.path.read_text()))
-        except (OSError, ValueError, TypeError):
+            return Lease(**json.loads(data))
+        except (ValueError, TypeError):
             return None
 
     def acquire(self, timeout_s: float = 0.0, command: str | None = None) -> Lease:
         deadline = time.monotonic() + timeout_s
+        command = command or " ".join(["llmops", *sys.argv[1:]])
         while True:
-            lease = self._try_acquire(command or " ".join(["llmops", *sys.argv[1:]]))
+            lease = self._try_acquire(command)
             if lease is not None:
                 self.lease = lease
                 self._start_renewing()
@@ -72,17 +80,27 @@ class ApplyLock:
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
 
     def _try_acquire(self, command: str) -> Lease | None:
+        now = time.time()
+        lease = Lease(uuid.uuid4().hex[:12], socket.gethostname(), os.getpid(), now, now + self.ttl_s, command)
+        if self.files.create(LEASE, lease.encode()):
+            return lease
+        current = self.holder()
+        if current is None or _alive(current):
+            return None  # held, or being replaced right now: retry later
+        return lease if self._take_over(current, lease) else None
+
+    def _take_over(self, stale: Lease, lease: Lease) -> bool:
+        marker = f"takeover-{stale.id}.json"
+        if not self.files.create(marker, lease.encode()):
+            return False  # another contender is taking it over
         try:
-            with self.guard.acquire(timeout=10):
-                current = self.holder()
-                if current is not None and _alive(current):
-                    return None
-                now = time.time()
-                lease = Lease(uuid.uuid4().hex[:12], socket.gethostname(), os.getpid(), now, now + self.ttl_s, command)
-                atomic_write(self.path, json.dumps(asdict(lease)))
-                return lease
-        except Timeout as exc:
-            raise LockError(f"could not open the lock file {self.guard.lock_file}") from exc
+            current = self.holder()
+            if current is None or current.id != stale.id:
+                return False
+            self.files.delete(LEASE)
+            return self.files.create(LEASE, lease.encode())
+        finally:
+            self.files.delete(marker)
 
     def _start_renewing(self) -> None:
         self._stop.clear()
@@ -91,12 +109,14 @@ class ApplyLock:
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
-            with self.guard:
-                current = self.holder()
-                if current is None or self.lease is None or current.id != self.lease.id:
-                    return  # force-unlocked under us; the next write will notice
-                current.expires = time.time() + self.ttl_s
-                atomic_write(self.path, json.dumps(asdict(current)))
+            current = self.holder()
+            if current is None or self.lease is None or current.id != self.lease.id:
+                return  # force-unlocked under us
+            current.expires = time.time() + self.ttl_s
+            try:
+                self.files.replace(LEASE, current.encode())
+            except Exception:  # noqa: BLE001 - a missed renewal only shortens the lease; retry next tick
+                continue
 
     def release(self) -> None:
         self._stop.set()
@@ -104,21 +124,19 @@ class ApplyLock:
             self._renewer.join(timeout=5)
         if self.lease is None:
             return
-        with self.guard:
-            current = self.holder()
-            if current is not None and current.id == self.lease.id:
-                self.path.unlink(missing_ok=True)
+        current = self.holder()
+        if current is not None and current.id == self.lease.id:
+            self.files.delete(LEASE)
         self.lease = None
 
     def force_unlock(self, lease_id: str) -> Lease:
-        with self.guard:
-            current = self.holder()
-            if current is None:
-                raise LockError("no lock is held")
-            if current.id != lease_id:
-                raise LockError(f"lock id mismatch: the held lock is {current.id}, not {lease_id}")
-            self.path.unlink(missing_ok=True)
-            return current
+        current = self.holder()
+        if current is None:
+            raise LockError(f"no lock is held{f' in {self.where}' if self.where else ''}")
+        if current.id != lease_id:
+            raise LockError(f"lock id mismatch: the held lock is {current.id}, not {lease_id}")
+        self.files.delete(LEASE)
+        return current
 
     def __enter__(self) -> "ApplyLock":
         self.acquire()
