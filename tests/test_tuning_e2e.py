@@ -131,6 +131,18 @@ def _latest_checkpoint_step(runs: Path) -> int:
     return max(steps)
 
 
+def _registered_checkpoint_step(runs: Path) -> int:
+    """Latest step Ray Train has registered (written to its snapshot): what a resume can see."""
+    steps = [0]
+    for path in runs.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            results = json.loads(path.read_text())["checkpoint_results"]
+        except (ValueError, KeyError):
+            continue  # being rewritten
+        steps += [r["metrics"]["step"] for r in results]
+    return max(steps)
+
+
 def test_killed_training_resumes_from_its_checkpoint(ray_project, tmp_path):
     code = f"from tests.test_tuning_e2e import _apply_in_this_process as a; a({str(tmp_path)!r}, {str(ray_project.root)!r})"
     log = (tmp_path / "child.log").open("w")
@@ -139,27 +151,26 @@ def test_killed_training_resumes_from_its_checkpoint(ray_project, tmp_path):
     runs = tmp_path / "store" / "ray_runs"
     try:
         deadline = time.monotonic() + 300
-        while _latest_checkpoint_step(runs) == 0:
+        while _registered_checkpoint_step(runs) == 0:
             tail = (tmp_path / "child.log").read_text()[-3000:]
             assert child.poll() is None, f"the training subprocess exited before its first checkpoint:\n{tail}"
             assert time.monotonic() < deadline, f"no checkpoint within 300 s:\n{tail}"
             time.sleep(0.2)
-        time.sleep(1)  # let Ray Train register the checkpoint it just persisted
     finally:
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
         child.wait()
-    killed_at = _latest_checkpoint_step(runs)
-    assert 0 < killed_at < KILL_TRAINING["max_steps"]
+    registered, killed_at = _registered_checkpoint_step(runs), _latest_checkpoint_step(runs)
+    assert 0 < registered <= killed_at < KILL_TRAINING["max_steps"]
 
     tune, ctx = tuning_setup(tmp_path, ray_project, **KILL_TRAINING)
     outputs, staging = apply_once(tune, ctx)
 
     metrics = json.loads((staging / "metrics.json").read_text())
     resumed = metrics["resumed_from_step"]
-    # Resumes from a checkpoint Ray Train had registered before the kill (one still being
-    # persisted at that instant may be lost), never from scratch.
-    assert 0 < resumed <= killed_at and resumed % KILL_TRAINING["save_every_steps"] == 0
+    # Resumes from the latest checkpoint Ray Train had registered before the kill (one still
+    # being persisted at that instant may be lost), never from scratch.
+    assert registered <= resumed <= killed_at and resumed % KILL_TRAINING["save_every_steps"] == 0
     assert [step for step, _ in metrics["loss_per_step"]] == list(range(1, 41))  # history spans both runs
     assert len(list(runs.iterdir())) == 1  # one Ray run, continued
     assert outputs["steps"] == 40
