@@ -154,7 +154,10 @@ class Engine:
             if saved_plan is not None:
                 _check_fresh(saved_plan, plan)
                 prune = any(a["action"] == "delete" for a in saved_plan.get("actions", []))
-            return self._run(plan, desired, records, before_step)
+            result = self._run(plan, desired, records, before_step)
+            if note := self.store.write_index():
+                self.report(note)
+            return result
         finally:
             lock.release()
 

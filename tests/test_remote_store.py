@@ -92,6 +92,29 @@ def test_records_round_trip_and_foreign_files_are_ignored(memory_url, tmp_path):
     assert store.read_records() == {}
 
 
+def test_the_records_index_serves_unchanged_refs_and_never_hides_a_change(memory_url, tmp_path, monkeypatch):
+    writer = RemoteStore(memory_url, tmp_path / "a")
+    records = [ResourceRecord(kind="Dataset", name=f"d{i}", fingerprint=f"{i}" * 64, spec={}) for i in range(5)]
+    for record in records:
+        writer.write_record(record)
+    assert writer.write_index() is None and writer.fs.exists(f"{writer.base}/refs-index.json")
+    time.sleep(0.01)  # memory:// tokens are creation times
+    changed = records[1].model_copy(update={"status": "failed", "message": "gate failed"})
+    writer.write_record(changed)  # after the index: e.g. an apply killed before writing it
+    writer.delete_record("Dataset", "d2")
+
+    reader = RemoteStore(memory_url, tmp_path / "b")
+    fetched = []
+    original_cat = reader.fs.cat
+    monkeypatch.setattr(reader.fs, "cat", lambda paths, **kw: fetched.extend(paths) or original_cat(paths, **kw))
+    seen = reader.read_records()
+    assert seen == {r.key: r for r in [records[0], changed, records[3], records[4]]}
+    assert fetched == [f"{reader.base}/refs/Dataset/d1.json"]  # only the ref the index does not know
+
+    writer.fs.pipe_file(f"{writer.base}/refs-index.json", b"{torn")
+    assert RemoteStore(memory_url, tmp_path / "c").read_records() == seen
+
+
 # --- the apply lease ----------------------------------------------------------------------
 def test_the_lease_excludes_a_second_holder_and_names_the_first(memory_url, tmp_path):
     first = RemoteStore(memory_url, tmp_path / "a").lock(ttl_s=60)

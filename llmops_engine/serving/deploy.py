@@ -78,7 +78,10 @@ def rollback(
     lock = store.lock(project.settings.lock_ttl_s)
     lock.acquire(timeout_s=lock_timeout, command=f"llmops rollback {name}")
     try:
-        return _rollback(project, store, name, report)
+        outputs = _rollback(project, store, name, report)
+        if note := store.write_index():
+            report(note)
+        return outputs
     finally:
         lock.release()
 

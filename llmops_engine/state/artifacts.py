@@ -70,6 +70,11 @@ class ArtifactStore:
     def lease_files(self) -> LeaseFiles:
         raise NotImplementedError
 
+    def write_index(self) -> str | None:
+        """Summarize the records for fast reads; called under the apply lock after writes.
+        Only an optimization: returns a note instead of failing if it cannot be written."""
+        return None
+
     def keep_report(self, fingerprint: str, source: Path) -> Path:
         """Keep a failed run's results (replacing an older one); returns the local copy."""
         raise NotImplementedError

@@ -38,6 +38,8 @@ class RemoteStore(ArtifactStore):
         self.root = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:16]
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
         self._published: set[str] | None = None
+        self._tokens: dict[str, str | None] = {}
+        self._index_stale = False
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.base.rstrip("/"), *parts)
@@ -128,17 +130,58 @@ class RemoteStore(ArtifactStore):
         return self._path("refs", kind, f"{name}.json")
 
     def read_records(self) -> dict[str, ResourceRecord]:
+        return parse_records(self._record_texts().values())
+
+    def _record_texts(self) -> dict[str, str]:
+        """Every ref's text, by path. The index written after each apply holds the texts with
+        the listing token (ETag/generation + size) they had, so a plan is one listing and one
+        read; only refs whose token changed since are read one by one."""
         with self._boundary("reading resource records"):
             try:
-                paths = [p for p in self.fs.find(self._path("refs")) if p.endswith(".json")]
+                listing = {p: i for p, i in self.fs.find(self._path("refs"), detail=True).items() if p.endswith(".json")}
             except FileNotFoundError:
-                paths = []
-            texts = self.fs.cat(paths, on_error="omit") if paths else {}
-        return parse_records(texts.values())
+                listing = {}
+            index = self._read_index()
+            texts, tokens, stale = {}, {}, []
+            for path, info in listing.items():
+                tokens[path] = listing_token(info)
+                cached = index.get(path)
+                if tokens[path] is not None and cached and cached["token"] == tokens[path]:
+                    texts[path] = cached["text"]
+                else:
+                    stale.append(path)
+            fetched = self.fs.cat(stale, on_error="omit") if stale else {}
+        texts.update({path: data.decode() for path, data in fetched.items()})
+        self._tokens = tokens
+        self._index_stale = self._index_stale or bool(stale) or len(index) != len(listing)
+        return texts
+
+    def _read_index(self) -> dict:
+        try:
+            index = json.loads(self.fs.cat_file(self._path("refs-index.json")))
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            return {}  # torn or foreign: read every ref instead
+        return index.get("refs", {}) if index.get("format") == MANIFEST_FORMAT else {}
+
+    def write_index(self) -> str | None:
+        if not self._index_stale:
+            return None
+        try:
+            texts = self._record_texts()
+            refs = {p: {"token": self._tokens[p], "text": t} for p, t in texts.items() if self._tokens.get(p)}
+            with self._boundary("writing the records index"):
+                self.fs.pipe_file(self._path("refs-index.json"), json.dumps({"format": MANIFEST_FORMAT, "refs": refs}).encode())
+        except StoreError as exc:
+            return f"note: {exc} (the next plan reads the records one by one)"
+        self._index_stale = False
+        return None
 
     def write_record(self, record: ResourceRecord) -> None:
         with self._boundary(f"writing the record of {record.key}"):
             self.fs.pipe_file(self._ref_path(record.kind, record.name), record.model_dump_json(indent=2).encode())
+        self._index_stale = True
 
     def delete_record(self, kind: str, name: str) -> None:
         with self._boundary(f"deleting the record of {kind}/{name}"):
@@ -146,6 +189,7 @@ class RemoteStore(ArtifactStore):
                 self.fs.rm_file(self._ref_path(kind, name))
             except FileNotFoundError:
                 pass
+        self._index_stale = True
 
     def lease_files(self) -> LeaseFiles:
         return RemoteLeaseFiles(self, self._path("locks"))
@@ -201,6 +245,16 @@ def open_filesystem(url: str):
         ) from exc
     except ValueError as exc:
         raise ProjectError(f"artifact store {redact(url)}: {exc}; use a directory, file://, s3://, gs:// or another fsspec URL") from exc
+
+
+def listing_token(info: dict) -> str | None:
+    """What changes when an object is rewritten, from a listing entry (S3 ETag, GCS
+    generation, Azure etag, or a modification time), with its size; None if the backend
+    gives none — then the ref is always read."""
+    for key in ("ETag", "etag", "generation", "mtime", "LastModified", "last_modified", "updated", "created"):
+        if info.get(key):
+            return f"{info[key]}:{info.get('size')}"
+    return None
 
 
 def build_manifest(staging: Path) -> dict:
