@@ -179,13 +179,11 @@ def test_unknown_scheme_and_missing_backend_are_project_errors(tmp_path):
             RemoteStore("gs://bucket/prefix", tmp_path)
 
 
-def test_credentials_in_a_url_are_never_echoed(tmp_path, s3_store):
-    with pytest.raises(ProjectError) as caught:
-        RemoteStore("nosuch://user:hunter2@host/x", tmp_path)
-    assert "hunter2" not in str(caught.value) and "***@host" in str(caught.value)
-    with pytest.raises(StoreError) as caught:  # the backend quotes the bad "bucket" back
-        RemoteStore("s3://user:hunter2@bucket/x", tmp_path).read_records()
-    assert "hunter2" not in str(caught.value) and "s3://***@bucket/x" in str(caught.value)
+def test_credentials_in_a_url_are_refused_and_never_echoed(tmp_path):
+    for url in ("s3://user:hunter2@bucket/x", "nosuch://user:hunter2@host/x"):
+        with pytest.raises(ProjectError, match="put credentials in environment variables") as caught:
+            RemoteStore(url, tmp_path)
+        assert "hunter2" not in str(caught.value) and "://***@" in str(caught.value)
 
 
 # --- a real S3 API over HTTP --------------------------------------------------------------
@@ -286,13 +284,32 @@ def test_a_missing_bucket_is_a_clear_error_and_no_traceback(s3_store, tmp_path):
     assert "Traceback" not in output and SECRET not in output
 
 
-# --- a real consumer on a second machine --------------------------------------------------
+# --- real consumers: Ray Train, an evaluation task, a second machine --------------------
+@pytest.mark.slow
+def test_training_keeps_its_run_and_checkpoints_in_the_s3_store(ray_project, s3_store, tmp_path):
+    import fsspec
+
+    from tests.test_tuning_e2e import apply_once, tuning_setup
+
+    store = RemoteStore(s3_store, tmp_path / "cache")
+    tune, ctx = tuning_setup(tmp_path, ray_project, store=store, max_steps=4, batch_size=8, save_every_steps=2)
+    outputs, staging = apply_once(tune, ctx)
+    assert outputs["steps"] == 4 and (staging / "adapter" / "adapter_model.safetensors").is_file()
+    runs = fsspec.filesystem("s3").find(f"{s3_store.removeprefix('s3://')}/ray_runs")
+    assert any("/checkpoint_" in p and p.endswith("state.json") for p in runs), runs
+    assert not (store.root / "ray_runs").exists()  # nothing only this machine could resume from
+
+
 @pytest.mark.slow
 def test_an_evaluation_on_a_second_machine_fetches_its_model_from_s3(ray_project, s3_store, tmp_path, monkeypatch):
     import ray
 
     from llmops_engine.controllers.evaluation import EvaluationController
-    from tests.eval_helpers import DATASET, PROMPT, ROWS, make_context, resource, train_tiny
+    from llmops_engine.evaluation.contenders import Contender
+    from llmops_engine.evaluation.runner import run_on_cluster
+    from llmops_engine.specs.evaluation import Generation
+    from llmops_engine.state.artifacts import node_cache_dir
+    from tests.eval_helpers import DATASET, PROMPT, ROWS, TEMPLATE, make_context, resource, train_tiny
 
     monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     tuning = resource("TuningJob", "tuned", base_model="builtin:tiny-llama", dataset="d", prompt="p", method="full")
@@ -304,16 +321,25 @@ def test_an_evaluation_on_a_second_machine_fetches_its_model_from_s3(ray_project
     machine_a = make_context(tmp_path / "a", resources, store=RemoteStore(s3_store, tmp_path / "a" / "cache"))
     model = machine_a.store.staging_dir("model")
     train_tiny(machine_a.store.root, model, steps=5)
-    machine_a.store.publish(machine_a.fingerprint(tuning.key), model)
+    model_fingerprint = machine_a.fingerprint(tuning.key)
+    machine_a.store.publish(model_fingerprint, model)
     data = machine_a.store.staging_dir("data")
     (data / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     machine_a.store.publish(machine_a.fingerprint("Dataset/d"), data)
 
+    # Machine B's apply fetches what its step reads (dataset, model) into its own cache.
     machine_b = make_context(tmp_path / "b", resources, store=RemoteStore(s3_store, tmp_path / "b" / "cache"))
     staging = tmp_path / "staging"
     staging.mkdir()
     outputs = EvaluationController().apply(evaluation, machine_b, staging)
     assert outputs["passed"] is True and outputs["metrics"]["output_tokens_mean"] >= 1
-    fetched = machine_b.store.root / "objects" / machine_b.fingerprint(tuning.key)
-    assert (fetched / "model" / "config.json").is_file()
+    assert (machine_b.store.root / "objects" / model_fingerprint / "model" / "config.json").is_file()
     assert json.loads((staging / "metrics.json").read_text())["examples"] == len(ROWS)
+
+    # A Ray worker on a node without that path fetches the model itself, into its node cache.
+    elsewhere = Contender("candidate", model_fingerprint, TEMPLATE, "", model_dir=str(tmp_path / "not-on-this-node"),
+                          store_url=s3_store)
+    runs = run_on_cluster(machine_b.project, machine_b.store.root, [elsewhere], ROWS[:2],
+                          Generation(max_new_tokens=4), repeats=1, gpus=0, run_name="elsewhere")
+    assert len(runs["candidate"][0].outputs) == 2
+    assert any(node_cache_dir().rglob(f"objects/{model_fingerprint}/model/config.json"))

@@ -42,7 +42,7 @@ def demo_rows(limit: int = 240) -> list[dict]:
     return [{"instruction": r["question"], "input": r.get("context") or "", "output": r["answer"]} for r in rows]
 
 
-def tuning_setup(root: Path, project: Project, **training):
+def tuning_setup(root: Path, project: Project, store=None, **training):
     """The demo's Prompt + TuningJob specs (training overridden), with a published train split."""
     prompt_doc = yaml.safe_load((REPO / "specs" / "prompt.yaml").read_text())
     tuning_doc = yaml.safe_load((REPO / "specs" / "tuning.yaml").read_text())
@@ -51,7 +51,7 @@ def tuning_setup(root: Path, project: Project, **training):
     tune = resource("TuningJob", "support-qlora", **spec)
     resources = [resource("Prompt", "support-answer", **prompt_doc["spec"]),
                  resource("Dataset", "support-tickets", **DATASET), tune]
-    ctx = make_context(root, resources, project=project)
+    ctx = make_context(root, resources, project=project, store=store)
     rows = demo_rows()
     publish_dataset(ctx, "support-tickets", eval_rows=rows[:20], train_rows=rows[20:])
     ctx.outputs["Dataset/support-tickets"]["content_hash"] = CONTENT_HASH

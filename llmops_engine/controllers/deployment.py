@@ -38,7 +38,7 @@ class DeploymentController(BaseController):
         if not model_dir.is_dir():
             raise DeploymentError(f"the artifacts of {model_key} ({fingerprint[:12]}) are missing; apply it first")
         target = ModelRef(version=fingerprint[:12], fingerprint=fingerprint, path=str(model_dir),
-                          fault_error_rate=self.fault_error_rate)
+                          store_url=ctx.store.url, fault_error_rate=self.fault_error_rate)
 
         outcome, config, dashboard = deploy(ctx.project, resource.name, spec, target, ctx.report)
         previous = _previous_fingerprint(ctx.records.get(resource.key), outcome, fingerprint)

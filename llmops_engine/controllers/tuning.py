@@ -63,6 +63,7 @@ class TuningController(BaseController):
         quantization = spec.effective_quantization()
         config = {
             "base_path": str(base.path),
+            "base_model": spec.base_model,
             "method": spec.method,
             "quantization": quantization.model_dump() if quantization else None,
             "lora": spec.lora.model_dump(),
@@ -74,7 +75,7 @@ class TuningController(BaseController):
         ctx.report(f"{resource.key}: {spec.method} on {spec.base_model}, {len(pairs)} examples, "
                    f"{total_steps} steps, Ray run {name} at {cluster.address}")
         with tempfile.TemporaryDirectory(prefix="llmops-tune-") as work:
-            result = run_training(config, name=name, storage=ctx.store.root / "ray_runs",
+            result = run_training(config, name=name, storage=ctx.store.ray_storage(),
                                   resources=spec.resources.model_dump(), work_dir=Path(work), report=ctx.report)
             weights_dir = "model" if spec.method == "full" else "adapter"
             shutil.move(str(result.checkpoint_dir / weights_dir), staging / weights_dir)

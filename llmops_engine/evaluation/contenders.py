@@ -26,6 +26,7 @@ class Contender:
     template_hash: str
     model_dir: str | None = None  # a TuningJob artifact dir ...
     base_ref: str | None = None  # ... or an untuned base model (builtin:, hf:, path:)
+    store_url: str | None = None  # where a worker without model_dir fetches it (by label = fingerprint)
 
 
 def candidate(resource: Resource, ctx: ApplyContext) -> Contender:
@@ -36,7 +37,7 @@ def candidate(resource: Resource, ctx: ApplyContext) -> Contender:
         ref = _absolute_ref(spec.model.removeprefix("base:"), ctx)
         return Contender("candidate", spec.model, template, prompt.template_hash(), base_ref=ref)
     key = f"TuningJob/{spec.model}"
-    return _trained("candidate", ctx.fingerprint(key), ctx.artifact_dir(key))
+    return _trained("candidate", ctx.fingerprint(key), ctx.artifact_dir(key), ctx.store.url)
 
 
 def baselines(resource: Resource, ctx: ApplyContext, cand: Contender) -> tuple[list[Contender], dict[str, str]]:
@@ -73,10 +74,10 @@ def live_champion(gate: str, ctx: ApplyContext) -> Contender | None:
             f"{record.key} serves model {fingerprint[:12]}, but its artifacts are not in the store "
             f"({model_dir}); restore the store or use compare_to: base"
         )
-    return _trained("champion", fingerprint, model_dir)
+    return _trained("champion", fingerprint, model_dir, ctx.store.url)
 
 
-def _trained(role: str, fingerprint: str, model_dir: Path) -> Contender:
+def _trained(role: str, fingerprint: str, model_dir: Path, store_url: str) -> Contender:
     try:
         template = json.loads((model_dir / "template.json").read_text())
     except (OSError, ValueError) as exc:
@@ -85,7 +86,7 @@ def _trained(role: str, fingerprint: str, model_dir: Path) -> Contender:
         raise EvaluationError(f"{model_dir / 'template.json'} has no 'template'; re-run its TuningJob")
     return Contender(
         role, fingerprint, {k: template.get(k) for k in TEMPLATE_KEYS}, template.get("template_hash", ""),
-        model_dir=str(model_dir),
+        model_dir=str(model_dir), store_url=store_url,
     )
 
 

@@ -36,6 +36,7 @@ class ModelRef:
     path: str | None = None
     base: str | None = None
     store_root: str | None = None
+    store_url: str | None = None  # where a replica without `path` on its node fetches it
     # Test-only fault injection: share of live (ingress-routed) requests that fail.
     fault_error_rate: float = 0.0
 

@@ -95,7 +95,8 @@ def _rollback(project: Project, store: ArtifactStore, name: str, report: Callabl
         raise DeploymentError(f"Deployment '{name}' has no previous model version to roll back to")
     if not store.has(previous):
         raise DeploymentError(f"the artifacts of previous model version {previous[:12]} are gone from the store")
-    target = ModelRef(version=previous[:12], fingerprint=previous, path=str(store.local_path(previous)))
+    target = ModelRef(version=previous[:12], fingerprint=previous, path=str(store.local_path(previous)),
+                      store_url=store.url)
     spec = {**record.spec, "rollout": {**record.spec["rollout"], "strategy": "rolling"}}
     outcome, config, dashboard = deploy(project, name, spec, target, report)
     outputs = {

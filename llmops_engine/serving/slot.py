@@ -19,9 +19,10 @@ from .config import ModelRef
 
 def load_model(ref: ModelRef):
     from llmops_engine.models import load_base, load_trained
+    from llmops_engine.state.artifacts import object_on_this_node
 
     if ref.path:
-        return load_trained(Path(ref.path))
+        return load_trained(object_on_this_node(ref.store_url, ref.fingerprint, ref.path))
     return load_base(ref.base, Path(ref.store_root or "."))
 
 

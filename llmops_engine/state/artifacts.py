@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from .records import ResourceRecord
@@ -68,6 +68,10 @@ class ArtifactStore:
         raise NotImplementedError
 
     def lease_files(self) -> LeaseFiles:
+        raise NotImplementedError
+
+    def ray_storage(self) -> tuple[str, Any]:
+        """Ray Train's (storage_path, storage_filesystem): run folders and checkpoints."""
         raise NotImplementedError
 
     def write_index(self) -> str | None:
@@ -139,6 +143,9 @@ class LocalStore(ArtifactStore):
     def keep_report(self, fingerprint: str, source: Path) -> Path:
         return replace_with_copy(source, self.root / "reports" / fingerprint)
 
+    def ray_storage(self) -> tuple[str, Any]:
+        return str(self.root / "ray_runs"), None
+
 
 class LocalLeaseFiles:
     def __init__(self, directory: Path):
@@ -175,12 +182,31 @@ class LocalLeaseFiles:
 def open_store(project: "Project") -> ArtifactStore:
     """The store the project names (LLMOPS_ARTIFACT_STORE wins over llmops.yaml)."""
     url = project.artifact_store_url()
-    parsed = urlparse(url)
-    if parsed.scheme in ("", "file"):
-        return LocalStore(url, Path(parsed.path if parsed.scheme else url))
+    if is_local_url(url):
+        return LocalStore(url, Path(urlparse(url).path))
     from .remote import RemoteStore
 
     return RemoteStore(url, project.state_dir / "store-cache")
+
+
+def is_local_url(url: str) -> bool:
+    return urlparse(url).scheme in ("", "file", "local")
+
+
+def object_on_this_node(store_url: str | None, fingerprint: str | None, path: str) -> Path:
+    """A published object's directory where this code runs (a Ray worker, a Serve replica):
+    `path` when it is here (the machine that ran apply, or a shared mount), else fetched from
+    the object store into this node's cache. Nodes read the store with their own credentials."""
+    here = Path(path)
+    if here.is_dir() or not store_url or not fingerprint or is_local_url(store_url):
+        return here
+    from .remote import RemoteStore
+
+    return RemoteStore(store_url, node_cache_dir()).local_path(fingerprint)
+
+
+def node_cache_dir() -> Path:
+    return Path(os.environ.get("LLMOPS_CACHE_DIR") or Path.home() / ".cache" / "llmops") / "store-cache"
 
 
 def parse_records(texts) -> dict[str, ResourceRecord]:

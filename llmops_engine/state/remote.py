@@ -20,7 +20,7 @@ import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from ..errors import LLMOpsError, ProjectError, StoreError
@@ -32,9 +32,8 @@ MANIFEST_FORMAT = 1
 
 class RemoteStore(ArtifactStore):
     def __init__(self, url: str, cache_dir: Path):
-        self.url = redact(url.rstrip("/"))
-        self._userinfo = urlsplit(url).netloc.rpartition("@")[0]
         self.fs, self.base = open_filesystem(url)
+        self.url = url.rstrip("/")
         self.root = cache_dir / hashlib.sha256(url.encode()).hexdigest()[:16]
         (self.root / "objects").mkdir(parents=True, exist_ok=True)
         self._published: set[str] | None = None
@@ -51,9 +50,8 @@ class RemoteStore(ArtifactStore):
         except LLMOpsError:
             raise
         except Exception as exc:  # noqa: BLE001 - every backend has its own exception types
-            detail = str(exc).replace(self._userinfo, "***") if self._userinfo else str(exc)
             raise StoreError(
-                f"artifact store {self.url}: {doing} failed: {type(exc).__name__}: {detail}; check the URL, that the "
+                f"artifact store {self.url}: {doing} failed: {type(exc).__name__}: {exc}; check the URL, that the "
                 "bucket exists, and the credentials in the environment"
             ) from exc
 
@@ -194,6 +192,13 @@ class RemoteStore(ArtifactStore):
     def lease_files(self) -> LeaseFiles:
         return RemoteLeaseFiles(self, self._path("locks"))
 
+    def ray_storage(self) -> tuple[str, Any]:
+        """Run folders and checkpoints in the object store itself, so a killed training resumes
+        on any machine and every node of a cluster can write them."""
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return self._path("ray_runs"), PyFileSystem(FSSpecHandler(self.fs))
+
 
 class RemoteLeaseFiles:
     """Create-if-absent is a conditional write (If-None-Match on S3, generation 0 on GCS)."""
@@ -235,16 +240,21 @@ class RemoteLeaseFiles:
 def open_filesystem(url: str):
     import fsspec
 
+    if urlsplit(url).netloc.rpartition("@")[0]:
+        raise ProjectError(
+            f"artifact store {redact(url)}: put credentials in environment variables (e.g. AWS_ACCESS_KEY_ID, "
+            "GOOGLE_APPLICATION_CREDENTIALS), not in the URL"
+        )
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as exc:
         scheme = url.split("://", 1)[0]
         raise ProjectError(
-            f"artifact store {redact(url)}: the fsspec backend for {scheme}:// is not installed: {exc}"
+            f"artifact store {url}: the fsspec backend for {scheme}:// is not installed: {exc}"
             + (f" (or pip install 'llmops-engine[{scheme}]')" if scheme in ("s3", "gs") else "")
         ) from exc
     except ValueError as exc:
-        raise ProjectError(f"artifact store {redact(url)}: {exc}; use a directory, file://, s3://, gs:// or another fsspec URL") from exc
+        raise ProjectError(f"artifact store {url}: {exc}; use a directory, file://, s3://, gs:// or another fsspec URL") from exc
 
 
 def listing_token(info: dict) -> str | None:

@@ -34,11 +34,12 @@ def train_loop_per_worker(config: dict) -> None:
     device = f"cuda:{context.get_local_rank()}" if config["use_gpu"] else "cpu"
     torch.manual_seed(train["seed"])  # identical adapter init on every worker
 
-    tokenizer = AutoTokenizer.from_pretrained(config["base_path"])
+    base_path = _base_on_this_node(config)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = [encode_pair(tokenizer, p, r, train["max_seq_len"]) for p, r in config["pairs"]]
 
-    model = build_trainable_model(Path(config["base_path"]), config["method"], config["quantization"],
+    model = build_trainable_model(base_path, config["method"], config["quantization"],
                                   config["lora"], device)
     if world > 1:
         model = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -92,6 +93,18 @@ def train_loop_per_worker(config: dict) -> None:
     if state["step"] == total_steps and resume is not None and state["resumed_from"] == total_steps:
         # Training had already finished before a crash: re-report so the run has a result.
         _report(model, optimizer, scheduler, state, config, rank, True, device)
+
+
+def _base_on_this_node(config: dict) -> Path:
+    """The driver's base model dir, or (a node of a cluster without it) the same ref
+    resolved here: builtin models materialize identically on every node."""
+    path = Path(config["base_path"])
+    if (path / "config.json").is_file():
+        return path
+    from ..models import resolve_base
+    from ..state.artifacts import node_cache_dir
+
+    return resolve_base(config["base_model"], node_cache_dir()).path
 
 
 def _report(model, optimizer, scheduler, state: dict, config: dict, rank: int, final: bool, device: str) -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import PlanError, TrainingError
 from .checkpoint import STATE_FILE
@@ -48,7 +48,7 @@ def check_resources(workers: int, gpus_per_worker: float, cpus_per_worker: float
             )
 
 
-def run_training(config: dict, *, name: str, storage: Path, resources: dict, work_dir: Path,
+def run_training(config: dict, *, name: str, storage: tuple[str, Any], resources: dict, work_dir: Path,
                  report: Callable[[str], None]) -> RunResult:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -70,7 +70,8 @@ def run_training(config: dict, *, name: str, storage: Path, resources: dict, wor
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage[0],
+            storage_filesystem=storage[1],
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=0),
         ),

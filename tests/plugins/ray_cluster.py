@@ -15,9 +15,12 @@ from llmops_engine.project import Project, ProjectSettings
 
 
 @pytest.fixture(scope="session")
-def ray_project(tmp_path_factory):
+def ray_project(tmp_path_factory, s3_server):
+    # s3_server: its endpoint and credentials must be in the head's environment (see there).
     saved_address = os.environ.pop("RAY_ADDRESS", None)
     root = tmp_path_factory.mktemp("ray-project")
+    # Where nodes cache objects fetched from an object store: not the developer's ~/.cache.
+    os.environ["LLMOPS_CACHE_DIR"] = str(tmp_path_factory.mktemp("node-cache"))
     project = Project(root, ProjectSettings(ray={"num_cpus": os.cpu_count() or 2}))
     try:
         raycluster.connect(project)
