@@ -80,6 +80,15 @@ def test_a_corrupted_object_is_refused_and_not_cached(memory_url, tmp_path):
     assert not (tmp_path / "b").joinpath(machine_b.root.name, "objects", "c" * 64).exists()
 
 
+def test_a_manifest_naming_files_outside_its_object_is_refused(memory_url, tmp_path):
+    store = RemoteStore(memory_url, tmp_path / "a")
+    manifest = {"format": 1, "dirs": [], "files": {"../../escaped.txt": {"size": 1, "sha256": "0"}}}
+    store.fs.pipe_file(f"{store.base}/manifests/{'e' * 64}.json", json.dumps(manifest).encode())
+    with pytest.raises(StoreError, match="outside itself"):
+        RemoteStore(memory_url, tmp_path / "b").local_path("e" * 64)
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
 def test_records_round_trip_and_foreign_files_are_ignored(memory_url, tmp_path):
     store = RemoteStore(memory_url, tmp_path / "a")
     assert store.read_records() == {}
@@ -155,6 +164,21 @@ def test_an_expired_lease_is_taken_over_by_exactly_one_contender(memory_url, tmp
     assert len(winners) == 1
     assert store.lock().holder().id == winners[0].id
     assert [p for p in store.fs.ls(f"{store.base}/locks", detail=False) if "takeover" in p] == []
+
+
+def test_a_torn_lease_or_an_abandoned_takeover_does_not_block_forever(memory_url, tmp_path):
+    store = RemoteStore(memory_url, tmp_path / "a")
+    assert store.lease_files().create(LEASE, b'{"id": "torn')  # a crash mid-write on some backend
+    lock = store.lock(ttl_s=60)
+    lock.acquire()
+    lock.release()
+
+    stale = expired_lease_of_another_machine(store)
+    dead_taker = Lease("taker0000000", "gone", 1, time.time() - 600, time.time() - 300, "llmops apply")
+    assert store.lease_files().create(f"takeover-{stale.id}.json", dead_taker.encode())
+    lock = store.lock(ttl_s=60)
+    assert lock.acquire(timeout_s=5).id != stale.id
+    lock.release()
 
 
 def test_force_unlock_needs_the_held_id(memory_url, tmp_path):

@@ -53,13 +53,7 @@ class ApplyLock:
         self._renewer: threading.Thread | None = None
 
     def holder(self) -> Lease | None:
-        data = self.files.read(LEASE)
-        if data is None:
-            return None
-        try:
-            return Lease(**json.loads(data))
-        except (ValueError, TypeError):
-            return None
+        return _parse(self.files.read(LEASE))
 
     def acquire(self, timeout_s: float = 0.0, command: str | None = None) -> Lease:
         deadline = time.monotonic() + timeout_s
@@ -84,19 +78,25 @@ class ApplyLock:
         lease = Lease(uuid.uuid4().hex[:12], socket.gethostname(), os.getpid(), now, now + self.ttl_s, command)
         if self.files.create(LEASE, lease.encode()):
             return lease
-        current = self.holder()
-        if current is None or _alive(current):
-            return None  # held, or being replaced right now: retry later
-        return lease if self._take_over(current, lease) else None
+        stale = self.files.read(LEASE)
+        if stale is None:
+            return None  # released just now: the next try creates it
+        current = _parse(stale)
+        if current is not None and _alive(current):
+            return None
+        # Dead, expired, or unreadable (torn by a crash): take it over.
+        return lease if self._take_over(current.id if current else "unreadable", stale, lease) else None
 
-    def _take_over(self, stale: Lease, lease: Lease) -> bool:
-        marker = f"takeover-{stale.id}.json"
+    def _take_over(self, stale_id: str, stale: bytes, lease: Lease) -> bool:
+        marker = f"takeover-{stale_id}.json"
         if not self.files.create(marker, lease.encode()):
-            return False  # another contender is taking it over
+            taker = _parse(self.files.read(marker))
+            if taker is None or taker.expires < time.time():
+                self.files.delete(marker)  # its taker died mid-takeover; retry on the next try
+            return False
         try:
-            current = self.holder()
-            if current is None or current.id != stale.id:
-                return False
+            if self.files.read(LEASE) != stale:
+                return False  # someone else took it over meanwhile
             self.files.delete(LEASE)
             return self.files.create(LEASE, lease.encode())
         finally:
@@ -144,6 +144,15 @@ class ApplyLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _parse(data: bytes | None) -> Lease | None:
+    if data is None:
+        return None
+    try:
+        return Lease(**json.loads(data))
+    except (ValueError, TypeError):
+        return None
 
 
 def _alive(lease: Lease) -> bool:

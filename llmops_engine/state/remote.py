@@ -80,6 +80,10 @@ class RemoteStore(ArtifactStore):
         manifest = json.loads(self.fs.cat_file(self._path("manifests", f"{fingerprint}.json")))
         download = self.staging_dir(fingerprint)
         try:
+            for name in [*manifest["dirs"], *manifest["files"]]:
+                if not (download / name).resolve().is_relative_to(download.resolve()):
+                    raise StoreError(f"artifact store {self.url}: object {fingerprint[:12]} names a file outside "
+                                     f"itself ({name!r}); refusing to fetch it")
             for folder in manifest["dirs"]:
                 (download / folder).mkdir(parents=True, exist_ok=True)
             names = sorted(manifest["files"])
