@@ -123,13 +123,13 @@ class LocalStore(ArtifactStore):
         return self.root / "refs" / kind / f"{name}.json"
 
     def read_records(self) -> dict[str, ResourceRecord]:
-        texts = {}
-        for path in sorted((self.root / "refs").glob("*/*.json")):
+        texts = []
+        for path in (self.root / "refs").glob("*/*.json"):
             try:
-                texts[str(path)] = path.read_bytes()
+                texts.append(path.read_bytes())
             except OSError:
-                continue
-        return parse_records(texts.values())
+                continue  # deleted while listing
+        return parse_records(texts)
 
     def write_record(self, record: ResourceRecord) -> None:
         atomic_write(self._ref_path(record.kind, record.name), record.model_dump_json(indent=2))

@@ -79,8 +79,8 @@ class ApplyLock:
         if self.files.create(LEASE, lease.encode()):
             return lease
         stale = self.files.read(LEASE)
-        if stale is None:
-            return None  # released just now: the next try creates it
+        if stale is None:  # released between the two calls: one more try
+            return lease if self.files.create(LEASE, lease.encode()) else None
         current = _parse(stale)
         if current is not None and _alive(current):
             return None
