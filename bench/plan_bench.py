@@ -66,8 +66,7 @@ def apply_once(root: Path) -> int:
     from llmops_engine.project import load_project
     from tests import recording_controllers
 
-    recording_controllers.install()
-    result = Engine(load_project(root), report=lambda _: None).apply()
+    result = Engine(load_project(root), report=lambda _: None, registry=recording_controllers.registry()).apply()
     return len(result.steps)
 
 

@@ -55,7 +55,7 @@ def engine_run(work: Path, rows: list[dict], prompt_doc: dict, tuning_doc: dict,
     from llmops_engine.project import Project, ProjectSettings
     from llmops_engine.specs import KINDS, Metadata
     from llmops_engine.specs.resource import Resource
-    from llmops_engine.state.artifacts import open_store
+    from llmops_engine.state.stores import open_store
 
     project = Project(work, ProjectSettings())
     store = open_store(project)

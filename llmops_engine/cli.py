@@ -11,7 +11,7 @@ import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -27,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(soft_wrap=True)
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE
 errors = Console(stderr=True, soft_wrap=True)
 
 
@@ -38,8 +39,11 @@ class Format(str, Enum):
 
 
 @contextmanager
-def user_errors(fmt: Format = Format.text):
-    """Map the engine's errors to a message and exit code; never show a traceback for them."""
+def user_errors(fmt: Format = Format.text, directory: Optional[Path] = None):
+    """Map the engine's errors to a message and exit code; never show a traceback.
+
+    An exception outside the project's error tree is a bug: its traceback goes to a log file
+    under the state dir and the user gets one line naming it."""
     try:
         yield
     except SpecError as exc:
@@ -57,6 +61,20 @@ def user_errors(fmt: Format = Format.text):
         errors.print("[red]error:[/red] ", end="", highlight=False)
         errors.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(exc.exit_code)
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the boundary for bugs: logged, one line shown
+        internal_error(exc, directory)
+
+
+def internal_error(exc: BaseException, directory: Optional[Path] = None) -> NoReturn:
+    from .internal import log_internal_error, one_line
+    from .project import find_root
+
+    log = log_internal_error(find_root(directory or Path.cwd()) / ".llmops", exc)
+    errors.print("[red]internal error:[/red] ", end="", highlight=False)
+    errors.print(f"{one_line(exc)} (a bug; the traceback is in {log})", highlight=False, markup=False)
+    raise typer.Exit(INTERNAL_ERROR_EXIT)
 
 
 def _project(directory: Optional[Path]):
@@ -65,10 +83,12 @@ def _project(directory: Optional[Path]):
     return load_project(directory)
 
 
-def _engine(directory: Optional[Path]):
+def _engine(ctx: typer.Context, directory: Optional[Path]):
+    """The engine for a project; `ctx.obj` may hold a controller Registry (tests inject theirs)."""
     from .engine import Engine
 
-    return Engine(_project(directory), report=lambda line: console.print(line, highlight=False, markup=False))
+    report = lambda line: console.print(line, highlight=False, markup=False)  # noqa: E731
+    return Engine(_project(directory), report=report, registry=ctx.obj)
 
 
 DirOption = typer.Option(None, "--dir", "-C", help="Project directory (default: search upward from here).")
@@ -82,9 +102,9 @@ def validate(
     """Check every spec: syntax, types, references, cycles, paths. Exit 1 on any problem."""
     from .specs.loader import load_resources
 
-    with user_errors(fmt):
+    with user_errors(fmt, directory):
         project = _project(directory)
-        resources = load_resources(project.root, project.settings.spec_dirs)
+        resources = load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)
     if fmt == Format.json:
         print(json.dumps({"resources": [r.key for r in resources], "errors": []}, indent=2))
     else:
@@ -93,6 +113,7 @@ def validate(
 
 @app.command()
 def plan(
+    ctx: typer.Context,
     directory: Optional[Path] = DirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     fmt: Format = typer.Option(Format.text, "--format", help="text | json | markdown | github"),
@@ -102,14 +123,15 @@ def plan(
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow pruning with an empty spec set."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list unchanged resources."),
 ) -> None:
-    """Show what `apply` would change, and why."""
+    """Show what `apply` would change, and why. Read-only: writes nothing outside .llmops/."""
     from . import render
+    from .planner import PlanOptions
 
     fmt = Format.json if as_json else fmt
-    with user_errors(fmt):
-        the_plan, _, _ = _engine(directory).plan(prune=prune, allow_empty=allow_empty)
-    if out:
-        out.write_text(json.dumps(the_plan.to_json(), indent=2))
+    with user_errors(fmt, directory):
+        the_plan = _engine(ctx, directory).plan(PlanOptions(prune=prune, allow_empty=allow_empty)).plan
+        if out:
+            out.write_text(json.dumps(the_plan.to_json(), indent=2))
     if fmt == Format.json:
         print(json.dumps(the_plan.to_json(), indent=2))
     elif fmt in (Format.markdown, Format.github):
@@ -125,7 +147,8 @@ def plan(
 
 @app.command()
 def apply(
-    plan_file: Optional[Path] = typer.Argument(None, help="A plan saved by `llmops plan --out`."),
+    ctx: typer.Context,
+    plan_file: Optional[Path] = typer.Argument(None, help="A plan saved by `llmops plan --out`; executed exactly, if still fresh."),
     directory: Optional[Path] = DirOption,
     prune: bool = typer.Option(False, "--prune", help="Delete resources no longer in the specs."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow pruning with an empty spec set."),
@@ -133,19 +156,24 @@ def apply(
 ) -> None:
     """Make the world match the specs (or execute a saved plan, if it is still fresh)."""
     from .engine import read_plan_file
+    from .planner import PlanOptions
     from .report import print_apply_result
 
-    engine = _engine(directory)
-    with user_errors():
+    with user_errors(directory=directory):
+        engine = _engine(ctx, directory)
         saved = read_plan_file(plan_file) if plan_file else None
-        result = engine.apply(saved_plan=saved, prune=prune, allow_empty=allow_empty, lock_timeout=lock_timeout)
-    code = print_apply_result(console, errors, engine, result)
+        given = PlanOptions(prune=prune, allow_empty=allow_empty)
+        # With a saved plan, flags are only checked against it: the plan carries its own.
+        options = given if saved is None or given != PlanOptions() else None
+        result = engine.apply(saved_plan=saved, options=options, lock_timeout=lock_timeout)
+        code = print_apply_result(console, errors, engine, result)
     if code:
         raise typer.Exit(code)
 
 
 @app.command()
 def status(
+    ctx: typer.Context,
     directory: Optional[Path] = DirOption,
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
@@ -153,8 +181,8 @@ def status(
     from .render import when
     from .report import status_rows
 
-    with user_errors():
-        engine = _engine(directory)
+    with user_errors(directory=directory):
+        engine = _engine(ctx, directory)
         rows = status_rows(engine)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -168,6 +196,7 @@ def status(
 
 @app.command()
 def history(
+    ctx: typer.Context,
     resource: Optional[str] = typer.Argument(None, help="Kind/name to filter, e.g. TuningJob/support-qlora."),
     directory: Optional[Path] = DirOption,
     limit: int = typer.Option(30, "--limit", "-n"),
@@ -176,8 +205,8 @@ def history(
     """Past apply steps from the journal, newest first."""
     from .render import when
 
-    with user_errors():
-        rows = _engine(directory).journal().history(resource, limit)
+    with user_errors(directory=directory):
+        rows = _engine(ctx, directory).journal().history(resource, limit)
     if as_json:
         print(json.dumps([vars(r) for r in rows], indent=2))
         return
@@ -216,11 +245,12 @@ def schema(
 
 
 @app.command("force-unlock")
-def force_unlock(lock_id: str = typer.Argument(..., help="The lock id printed by the blocked apply."),
+def force_unlock(ctx: typer.Context,
+                 lock_id: str = typer.Argument(..., help="The lock id printed by the blocked apply."),
                  directory: Optional[Path] = DirOption) -> None:
     """Release an apply lock whose holder is gone."""
-    with user_errors():
-        engine = _engine(directory)
+    with user_errors(directory=directory):
+        engine = _engine(ctx, directory)
         lease = engine.store.lock().force_unlock(lock_id)
     console.print(f"released {lease.describe()}")
 
@@ -230,7 +260,7 @@ def init(directory: Path = typer.Argument(Path("."), help="Where to scaffold the
     """Scaffold a minimal spec repository."""
     from .scaffold import scaffold
 
-    with user_errors():
+    with user_errors(directory=directory):
         written = scaffold(directory)
     for path in written:
         console.print(f"  created {path}")
@@ -248,7 +278,7 @@ def logs(
     from .render import when
     from .serving.logs import read_logs
 
-    with user_errors():
+    with user_errors(directory=directory):
         entries = read_logs(_project(directory), deployment, limit)
     if as_json:
         print(json.dumps(entries, indent=2))
@@ -270,9 +300,8 @@ def rollback(
     """Serve the deployment's previous model version again."""
     from .serving.deploy import rollback as roll_back
 
-    project = _project(directory)
-    with user_errors():
-        outputs = roll_back(project, deployment, report=lambda line: console.print(line, markup=False), lock_timeout=lock_timeout)
+    with user_errors(directory=directory):
+        outputs = roll_back(_project(directory), deployment, report=lambda line: console.print(line, markup=False), lock_timeout=lock_timeout)
     console.print(f"[green]{deployment} now serves model {outputs.get('model_version')}[/green]")
 
 
@@ -281,7 +310,7 @@ def down(directory: Optional[Path] = DirOption) -> None:
     """Stop the local Ray head that `apply` started (deployments stop with it)."""
     from .raycluster import stop_local
 
-    with user_errors():
+    with user_errors(directory=directory):
         stopped = stop_local(_project(directory))
     console.print("stopped the local Ray head" if stopped else "no local Ray head is running")
 
@@ -301,6 +330,13 @@ def main() -> None:
     except KeyboardInterrupt:
         errors.print("interrupted; the next apply resumes from the journal")
         sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as exc:  # noqa: BLE001 - a bug outside any command's own boundary
+        try:
+            internal_error(exc)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

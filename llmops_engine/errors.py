@@ -9,6 +9,7 @@ bugs only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class LLMOpsError(Exception):
@@ -54,6 +55,11 @@ class StalePlanError(PlanError):
     """A saved plan no longer matches the observed state."""
 
 
+class LiveStateUnknown(LLMOpsError):
+    """A controller could not observe live state (e.g. no cluster reachable from a CI plan
+    job). The plan says so instead of reporting drift; it is never a reason to act."""
+
+
 class LockError(LLMOpsError):
     """Another apply holds the state lock."""
 
@@ -91,9 +97,22 @@ class EvaluationError(ControllerError):
 
 
 class GateFailed(ControllerError):
-    """An evaluation ran and its thresholds were not met."""
+    """An evaluation ran and its thresholds were not met (or the gate has no result for a model).
+
+    ``table`` is the metric | candidate | baseline | threshold | pass/fail table when the gate
+    ran, and ``report_dir`` where its report was kept; both are None for a missing result.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, table: str | None = None, report_dir: Path | None = None):
+        super().__init__(message)
+        self.table = table
+        self.report_dir = report_dir
+
+
+class ModelLoadError(ControllerError):
+    """A base model or tuned model could not be found or loaded."""
 
 
 class DeploymentError(ControllerError):

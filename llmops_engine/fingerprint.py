@@ -9,7 +9,6 @@ layout, comments and key order cannot change it.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -17,7 +16,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .errors import PlanError
 from .graph import dependencies
+from .paths import match_files, pattern_matches
 from .specs.resource import Resource
 
 FORMAT_VERSION = "1"
@@ -40,11 +41,20 @@ def compute_fingerprint(resource: Resource, dep_fingerprints: Mapping[str, str],
 
 
 class ContentHasher:
-    """sha256 of repository files, cached by (size, mtime) so an unchanged plan stays fast."""
+    """Content identity of repository files, cached by (size, mtime) so an unchanged plan stays fast.
+
+    A file tracked by a DVC record is identified by the md5 that record holds, whether it is
+    present (and matches) or not yet restored: a fresh clone plans what a restored one does,
+    without restoring anything. Any other file (or a tracked one edited since `dvc add`) is
+    identified by its sha256.
+    """
 
     def __init__(self, root: Path, cache_file: Path | None = None):
+        from .data.dvc_records import tracked_files
+
         self.root = root
         self.cache_file = cache_file
+        self.tracked = {path: t.md5 for path, t in tracked_files(root).items() if t.md5}
         self._cache: dict[str, list] = {}
         self._dirty = False
         if cache_file and cache_file.is_file():
@@ -54,33 +64,44 @@ class ContentHasher:
                 self._cache = {}
 
     def hash_inputs(self, patterns: list[str]) -> dict[str, str]:
-        """Map each matched repo-relative path to its content hash; a missing path maps to 'missing'."""
+        """Map each matched repo-relative path to its identity; a pattern matching nothing maps to 'missing'."""
         result: dict[str, str] = {}
         for pattern in patterns:
-            matches = sorted(glob.glob(str(self.root / pattern), recursive=True))
-            files = [Path(m) for m in matches if Path(m).is_file()]
-            if not files:
+            matches = match_files(self.root, pattern)
+            if matches.problem:  # validate refuses these first; never hash a file outside the repository
+                raise PlanError(matches.problem)
+            files = {path.relative_to(self.root).as_posix(): path for path in matches.files}
+            absent = {rel: md5 for rel, md5 in self.tracked.items()
+                      if rel not in files and pattern_matches(rel, pattern)}
+            if not files and not absent:
                 result[pattern] = "missing"
-            for path in files:
-                result[path.relative_to(self.root).as_posix()] = self.file_hash(path)
+            for rel, path in files.items():
+                result[rel] = self.file_identity(path)
+            result |= {rel: f"dvc-md5:{md5}" for rel, md5 in absent.items()}
         return result
 
-    def file_hash(self, path: Path) -> str:
-        stat = path.stat()
+    def file_identity(self, path: Path) -> str:
         key = path.relative_to(self.root).as_posix()
+        sha256, md5 = self._hashes(path, key)
+        recorded = self.tracked.get(key)
+        return f"dvc-md5:{md5}" if recorded == md5 else sha256
+
+    def _hashes(self, path: Path, key: str) -> tuple[str, str]:
+        stat = path.stat()
         cached = self._cache.get(key)
-        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
-            return cached[2]
-        digest = hashlib.sha256()
+        if cached and len(cached) == 4 and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+            return cached[2], cached[3]
+        sha256, md5 = hashlib.sha256(), hashlib.md5()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+                sha256.update(block)
+                md5.update(block)
         # A file modified within the last seconds could change again within the same
         # mtime tick; caching it could hide that edit (git's "racy clean" problem).
         if time.time() - stat.st_mtime > 2:
-            self._cache[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+            self._cache[key] = [stat.st_size, stat.st_mtime_ns, sha256.hexdigest(), md5.hexdigest()]
             self._dirty = True
-        return digest.hexdigest()
+        return sha256.hexdigest(), md5.hexdigest()
 
     def save(self) -> None:
         if self.cache_file and self._dirty:

@@ -1,18 +1,38 @@
-"""The planner: a pure function of (desired, observed) → ordered actions with reasons.
+"""The planner: a pure function of (desired, observed, options) → ordered actions with reasons.
 
 Nothing here touches disk, network or clocks, which is what makes the scenario-table
-tests in tests/test_planner.py possible.
+tests in tests/test_planner.py possible. The `Plan` it returns is the contract between
+`llmops plan` and `llmops apply`: it carries the options it was made with, serializes to
+JSON, and its digest covers all of it, so a saved plan is executed exactly as reviewed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import PlanError
 from .fingerprint import canonical_json
 
 ActionType = Literal["create", "update", "no-op", "delete"]
+PLAN_FORMAT = 2
+VALUE_WIDTH = 40
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Every flag that changes what a plan contains; stored in the plan and in its digest."""
+
+    prune: bool = False
+    allow_empty: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prune": self.prune, "allow_empty": self.allow_empty}
+
+    def differences(self, other: "PlanOptions") -> list[str]:
+        return [f"--{name.replace('_', '-')}" for name, value in self.to_json().items() if other.to_json()[name] != value]
 
 
 @dataclass(frozen=True)
@@ -36,6 +56,8 @@ class ObservedResource:
     status: str = "ready"
     message: str = ""
     drift: str | None = None
+    live_unknown: str | None = None   # why live state could not be observed (not drift)
+    cost: str | None = None           # "last run 1 m 27 s on 2 CPUs", from the record
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,9 @@ class Action:
     reasons: tuple[str, ...]
     fingerprint: str | None
     previous_fingerprint: str | None = None
+    requires: tuple[str, ...] = ()    # keys whose failure in this apply blocks this action
+    notes: tuple[str, ...] = ()       # shown to the reviewer; never a reason to act
+    cost: str | None = None
 
     @property
     def kind(self) -> str:
@@ -53,6 +78,11 @@ class Action:
     @property
     def name(self) -> str:
         return self.key.split("/", 1)[1]
+
+    @property
+    def identity(self) -> tuple[str, str, str | None]:
+        """What must not change between a reviewed plan and its execution."""
+        return self.key, self.action, self.fingerprint
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,7 +93,17 @@ class Action:
             "reasons": list(self.reasons),
             "fingerprint": self.fingerprint,
             "previous_fingerprint": self.previous_fingerprint,
+            "requires": list(self.requires),
+            "notes": list(self.notes),
+            "cost": self.cost,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Action":
+        return cls(
+            data["key"], data["action"], tuple(data["reasons"]), data["fingerprint"], data["previous_fingerprint"],
+            tuple(data["requires"]), tuple(data["notes"]), data["cost"],
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +112,7 @@ class Plan:
     observed_digest: str
     desired_digest: str
     orphans: tuple[str, ...] = ()
+    options: PlanOptions = PlanOptions()
 
     @property
     def changes(self) -> list[Action]:
@@ -80,17 +121,44 @@ class Plan:
     def has_changes(self) -> bool:
         return bool(self.changes)
 
-    def to_json(self) -> dict[str, Any]:
+    def _body(self) -> dict[str, Any]:
         return {
-            "format": 1,
+            "format": PLAN_FORMAT,
+            "options": self.options.to_json(),
             "observed_digest": self.observed_digest,
             "desired_digest": self.desired_digest,
             "actions": [a.to_json() for a in self.actions],
             "orphans": list(self.orphans),
         }
 
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(canonical_json(self._body()).encode()).hexdigest()
 
-def make_plan(desired: list[DesiredResource], observed: dict[str, ObservedResource], prune: bool = False) -> Plan:
+    def to_json(self) -> dict[str, Any]:
+        return self._body() | {"digest": self.digest}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Plan":
+        """A saved plan, refused unless it is this format and its digest matches its content."""
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PlanError("the saved plan was written by another llmops version; run llmops plan again")
+        try:
+            plan = cls(
+                tuple(Action.from_json(a) for a in data["actions"]),
+                data["observed_digest"], data["desired_digest"], tuple(data["orphans"]),
+                PlanOptions(**data["options"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"the saved plan is malformed ({type(exc).__name__}: {exc}); run llmops plan again") from exc
+        if plan.digest != data.get("digest"):
+            raise PlanError("the saved plan was modified after it was made (digest mismatch); run llmops plan again")
+        return plan
+
+
+def make_plan(
+    desired: list[DesiredResource], observed: dict[str, ObservedResource], options: PlanOptions = PlanOptions()
+) -> Plan:
     """`desired` must be in dependency order (dependencies first)."""
     actions: list[Action] = []
     changing: set[str] = set()
@@ -100,27 +168,28 @@ def make_plan(desired: list[DesiredResource], observed: dict[str, ObservedResour
             changing.add(resource.key)
         actions.append(action)
     wanted = {r.key for r in desired}
-    orphans = tuple(sorted(key for key in observed if key not in wanted))
-    if prune:
-        for key in reversed(orphans):
-            old = observed[key]
-            actions.append(Action(key, "delete", ("removed from specs",), None, old.fingerprint))
-    return Plan(tuple(actions), digest_observed(observed), digest_desired(desired), () if prune else orphans)
+    orphans = {key: old for key, old in observed.items() if key not in wanted}
+    if options.prune:
+        actions += _deletes(orphans)
+    leftover = () if options.prune else tuple(sorted(orphans))
+    return Plan(tuple(actions), digest_observed(observed), digest_desired(desired), leftover, options)
 
 
 def _decide(resource: DesiredResource, old: ObservedResource | None, changing: set[str]) -> Action:
+    requires = tuple(sorted(resource.dependencies))
     if old is None:
-        return Action(resource.key, "create", ("not applied yet",), resource.fingerprint)
+        return Action(resource.key, "create", ("not applied yet",), resource.fingerprint, requires=requires)
     reasons = _reasons(resource, old, changing)
+    notes = (f"live state unknown: {old.live_unknown}",) if old.live_unknown else ()
     if not reasons:
-        return Action(resource.key, "no-op", (), resource.fingerprint, old.fingerprint)
-    return Action(resource.key, "update", tuple(reasons), resource.fingerprint, old.fingerprint)
+        return Action(resource.key, "no-op", (), resource.fingerprint, old.fingerprint, requires, notes)
+    return Action(resource.key, "update", tuple(reasons), resource.fingerprint, old.fingerprint, requires, notes, old.cost)
 
 
 def _reasons(resource: DesiredResource, old: ObservedResource, changing: set[str]) -> list[str]:
     reasons: list[str] = []
     if old.fingerprint != resource.fingerprint:
-        reasons += [f"spec changed at spec.{path}" for path in diff_paths(old.spec, resource.spec)]
+        reasons += spec_changes(old.spec, resource.spec)
         reasons += _input_reasons(old.inputs, resource.inputs)
         for dep, fp in sorted(resource.dependencies.items()):
             if dep in changing or old.dependencies.get(dep) != fp:
@@ -135,12 +204,68 @@ def _reasons(resource: DesiredResource, old: ObservedResource, changing: set[str
     return reasons
 
 
+def _deletes(orphans: dict[str, ObservedResource]) -> list[Action]:
+    """Deletes in reverse dependency order: a resource goes only after everything that used it.
+
+    Each delete requires the deletes of its dependents, so a failed one blocks the deletion of
+    what it still depends on."""
+    dependents = {key: sorted(k for k, o in orphans.items() if key in o.dependencies) for key in orphans}
+    order: list[str] = []
+    remaining = set(orphans)
+    while remaining:
+        ready = sorted(k for k in remaining if not set(dependents[k]) & remaining)
+        if not ready:  # a cycle among records cannot come from valid specs; keep a stable order
+            ready = sorted(remaining)
+        order += ready
+        remaining -= set(ready)
+    return [
+        Action(key, "delete", ("removed from specs",), None, orphans[key].fingerprint, tuple(dependents[key]))
+        for key in order
+    ]
+
+
+def blockers(action: Action, failed: set[str]) -> list[str]:
+    """The keys among `failed` (failed or blocked earlier in this apply) that block `action`."""
+    return [key for key in action.requires if key in failed]
+
+
 def _input_reasons(old: dict[str, str], new: dict[str, str]) -> list[str]:
     changed = sorted(path for path in set(old) | set(new) if old.get(path) != new.get(path))
     return [
         f"environment changed: {path[4:]}" if path.startswith("env:") else f"data changed: {path}"
         for path in changed
     ]
+
+
+_UNSET = object()
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'spec changed at spec.training.epochs: 10 → 12' for each differing path."""
+    return [
+        f"spec changed at spec.{path}: {show_value(_at(old, path))} → {show_value(_at(new, path))}"
+        for path in diff_paths(old, new)
+    ]
+
+
+def _at(value: Any, path: str) -> Any:
+    if path == "(root)":
+        return value
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _UNSET
+    return value
+
+
+def show_value(value: Any) -> str:
+    if value is _UNSET:
+        return "(unset)"
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
+    return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 1] + "…"
 
 
 def diff_paths(old: Any, new: Any, prefix: str = "") -> list[str]:

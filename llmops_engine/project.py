@@ -6,13 +6,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import Field, ValidationError
 
 from .errors import ProjectError
 from .specs.base import StrictModel
+from .specs.loader import MAX_SPEC_BYTES, read_documents
 
 PROJECT_FILE = "llmops.yaml"
+MAX_PROJECT_FILE_BYTES = 64 * 1024
 
 
 class RaySettings(StrictModel):
@@ -33,6 +34,9 @@ class ProjectSettings(StrictModel):
         "a file:// URL, or any fsspec URL such as s3://bucket/prefix or gs://bucket/prefix."
     )
     lock_ttl_s: float = Field(default=120, gt=0)
+    max_spec_bytes: int = Field(
+        default=MAX_SPEC_BYTES, gt=0, description="Largest spec file accepted; bounds what one pull request can make validate read."
+    )
     ray: RaySettings = Field(default_factory=RaySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
@@ -74,10 +78,21 @@ def load_project(start: Path | None = None) -> Project:
     if not path.is_file():
         return Project(root, ProjectSettings())
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return Project(root, ProjectSettings.model_validate(data))
-    except yaml.YAMLError as exc:
-        raise ProjectError(f"{PROJECT_FILE}: invalid YAML: {exc}") from exc
+        return Project(root, ProjectSettings.model_validate(_read_settings(path)))
     except ValidationError as exc:
         lines = [f"{PROJECT_FILE}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise ProjectError("\n".join(lines)) from exc
+
+
+def _read_settings(path: Path) -> dict:
+    """llmops.yaml through the spec loader's bounded YAML reader (no alias bombs, no deep nesting)."""
+    issues: list = []
+    documents = read_documents(path, PROJECT_FILE, issues, max_bytes=MAX_PROJECT_FILE_BYTES)
+    if len(documents) > 1:
+        raise ProjectError(f"{PROJECT_FILE}: holds {len(documents)} YAML documents; write one")
+    if issues:
+        raise ProjectError("\n".join(str(issue) for issue in issues))
+    value = documents[0].value if documents else None
+    if value is not None and not isinstance(value, dict):
+        raise ProjectError(f"{PROJECT_FILE}: must be a mapping of settings, not {type(value).__name__}")
+    return value or {}

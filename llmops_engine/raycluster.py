@@ -2,9 +2,9 @@
 
 Locally the engine starts a *persistent* head with `ray start --head` in a subprocess, so
 that Serve deployments outlive the `llmops` process that created them; `llmops down`
-stops it. Everything about that head lives under `<state_dir>/ray/`:
+stops it. The head's bookkeeping lives under `<state_dir>/ray/`:
 
-    cluster.json   address, ports and temp dir of the running head
+    cluster.json   status (starting/running), address, ports and temp dirs of the head
     auth_token     the token-auth secret (0600), shared by the head and every driver
 
 Ray 2.60 enables token auth for local clusters. `ray start` only turns it on when it
@@ -13,33 +13,74 @@ sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<state_dir>/ray/auth_token for 
 sides. With RAY_ADDRESS (or `ray.address` in llmops.yaml) the engine uses that cluster
 as-is and leaves its authentication to the environment.
 
+Process hygiene of the local head:
+- cluster.json is written *before* `ray start` runs; the head runs in a session of its own
+  and its processes carry LLMOPS_RAY_HEAD=<its temp root> in their environment, so
+  `llmops down` or the next apply finds and stops all of it, even after the starting
+  process was SIGKILLed half-way.
+- The head gets an allow-listed environment: deployment API keys and other secrets of the
+  user's shell never reach gcs_server, raylet, workers or replicas.
+- Its node IP stays 127.0.0.1, which is what makes Ray bind every internal port (GCS,
+  raylet, workers, agents, metrics exporters, client server) to loopback.
+- Its temp root is a fresh private directory (0700) with a random name; Ray chmods the temp
+  dir it is given to 0777, so Ray gets a subdirectory of it.
+
 Ray is imported only inside functions: the CLI imports this module for `llmops down`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
-from .errors import ClusterError
+from .errors import ClusterError, LLMOpsError
 from .project import Project
 
 START_TIMEOUT_S = 180
 DASHBOARD_WAIT_S = 90
+STOP_GRACE_S = 10
+STOP_ROUNDS = 5
+
+# Names every process of a local head in its environment; the value is the head's temp root.
+HEAD_MARKER_ENV = "LLMOPS_RAY_HEAD"
+
+# What the head's processes may inherit from the user's environment: the basics a Python
+# process needs, Ray's own settings, the model cache (offline), and what workers need to
+# reach the artifact store. Everything else (API keys above all) stays out.
+FORWARDED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+    "LLMOPS_CACHE_DIR", "LLMOPS_ARTIFACT_STORE",
+    "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+})
+FORWARDED_PREFIXES = ("LC_", "RAY_", "AWS_", "AZURE_STORAGE_", "FSSPEC_", "HF_", "TRANSFORMERS_", "CUDA_")
+# Inside the forwarded prefixes but not for the head: the hub token (workers are offline),
+# an external cluster's token and address (the local head has its own).
+NEVER_FORWARDED = frozenset({"HF_TOKEN", "RAY_AUTH_TOKEN", "RAY_ADDRESS"})
+
+# Ray's multi-node switch: on (the Linux default), Ray resolves 127.0.0.1 to the machine's
+# address and binds its servers to all interfaces; the local head and its drivers turn it off.
+LOCAL_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 # The address this process passed to ray.init (Ray reports the node IP instead of 127.0.0.1).
 _connected_address: str | None = None
+# Ray's own value of the multi-node switch in this process, before connect() changed it.
+_multi_node_default: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -62,16 +103,37 @@ def _state_file(project: Project) -> Path:
 
 def _read_state(project: Project) -> dict | None:
     try:
-        return json.loads(_state_file(project).read_text())
+        state = json.loads(_state_file(project).read_text())
     except (OSError, ValueError):
         return None
+    return state if isinstance(state, dict) and isinstance(state.get("temp_dir"), str) else None
 
 
-def _temp_dir_for(project: Project) -> Path:
-    # Ray puts unix sockets under its temp dir and their paths must stay short
-    # (108 bytes), so the temp dir is a short /tmp path derived from the state dir.
-    digest = hashlib.sha256(str(project.state_dir.resolve()).encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"llmops-ray-{digest}"
+def _write_state(project: Project, state: dict) -> None:
+    # Atomic: a reader (or a SIGKILL) never sees half a record.
+    path = _state_file(project)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(state, indent=2))
+    os.replace(partial, path)
+
+
+def _temp_root(state: dict) -> Path:
+    # Records written before the private temp root existed name only the temp dir.
+    return Path(state.get("temp_root") or state["temp_dir"])
+
+
+def _owned_dir(path: Path) -> bool:
+    """A real directory (not a symlink) owned by this user."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _is_private_dir(path: Path) -> bool:
+    """Ours alone: owned by this user and closed to everyone else."""
+    return _owned_dir(path) and not path.lstat().st_mode & 0o077
 
 
 # authentication --------------------------------------------------------------
@@ -116,6 +178,9 @@ def _free_port() -> int:
 
 
 def _alive(state: dict) -> bool:
+    # A head whose start was cut off, or one in a temp dir that is not ours alone, is not reused.
+    if state.get("status") != "running" or not _is_private_dir(_temp_root(state)):
+        return False
     host, port = state["address"].rsplit(":", 1)
     dashboard = urlparse(state["dashboard_url"])
     return (
@@ -143,15 +208,12 @@ def ensure_cluster(project: Project) -> ClusterInfo:
     if external:
         return ClusterInfo(address=external, dashboard_url=_external_dashboard(external), started=False)
 
-    from filelock import FileLock
-
-    # Two concurrent `llmops` processes must not start two heads for one project.
-    with FileLock(str(_ray_dir(project) / "start.lock"), timeout=START_TIMEOUT_S + DASHBOARD_WAIT_S):
+    with _start_lock(project):
         state = _read_state(project)
         if state and _alive(state):
             return ClusterInfo(address=state["address"], dashboard_url=state["dashboard_url"], started=False)
-        if state:  # stale record of a head that died: clean its leftovers first
-            _kill_head_processes(Path(state["temp_dir"]))
+        if state:  # a head that died, or whose start was cut off: clear its leftovers first
+            _discard_head(project, state)
         state = _start_head(project)
         return ClusterInfo(address=state["address"], dashboard_url=state["dashboard_url"], started=True)
 
@@ -162,6 +224,7 @@ def connect(project: Project) -> ClusterInfo:
     os.environ.update(auth_env(project))
     import ray
 
+    _resolve_localhost_as_loopback(project.ray_address() is None)
     global _connected_address
     if ray.is_initialized():
         if _connected_address == info.address:
@@ -196,20 +259,22 @@ def connect(project: Project) -> ClusterInfo:
 
 
 def stop_local(project: Project) -> bool:
-    """Stop this project's local head (and only it). False if none was recorded."""
-    state = _read_state(project)
-    if state is None:
+    """Stop this project's local head (and only it), with every process it spawned.
+    False if none was recorded or none of its processes was left."""
+    if _read_state(project) is None:
         return False
-    global _connected_address
-    if _connected_address == state["address"]:
-        import ray
+    # Waits for a start in progress to finish, so no process can appear behind our back.
+    with _start_lock(project):
+        state = _read_state(project)
+        if state is None:
+            return False
+        global _connected_address
+        if _connected_address == state["address"]:
+            import ray
 
-        ray.shutdown()  # a driver whose head disappears under it aborts the process
-        _connected_address = None
-    killed = _kill_head_processes(Path(state["temp_dir"]))
-    _state_file(project).unlink(missing_ok=True)
-    shutil.rmtree(state["temp_dir"], ignore_errors=True)  # sessions and logs of the stopped head
-    return killed > 0
+            ray.shutdown()  # a driver whose head disappears under it aborts the process
+            _connected_address = None
+        return _discard_head(project, state) > 0
 
 
 # internals ---------------------------------------------------------------------
@@ -232,6 +297,18 @@ def _require_reachable(address: str) -> None:
         )
 
 
+def _resolve_localhost_as_loopback(local: bool) -> None:
+    # The local head listens on 127.0.0.1 only, but a driver with multi-node support on
+    # rewrites the address 127.0.0.1 to the machine's own before dialing it. Ray reads the
+    # switch from the environment once, at import, so the driver sets Ray's constant.
+    from ray._private import ray_constants
+
+    global _multi_node_default
+    if _multi_node_default is None:
+        _multi_node_default = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = _multi_node_default and not local
+
+
 def _refresh_ray_auth_config() -> None:
     # Ray caches its config (auth mode included) on first use in a process; reload it so
     # the environment set above applies even when ray was already imported.
@@ -244,11 +321,66 @@ def _refresh_ray_auth_config() -> None:
         pass
 
 
+@contextmanager
+def _start_lock(project: Project) -> Iterator[None]:
+    """Two `llmops` processes must not start two heads for one project, nor stop one mid-start."""
+    from filelock import FileLock, Timeout
+
+    wait_s = START_TIMEOUT_S + DASHBOARD_WAIT_S
+    lock = FileLock(str(_ray_dir(project) / "start.lock"))
+    try:
+        lock.acquire(timeout=wait_s)
+    except Timeout as exc:
+        raise ClusterError(
+            f"another llmops process has been starting this project's Ray head for over {wait_s} s; "
+            f"wait for it, or stop it and run `llmops down`"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _start_head(project: Project) -> dict:
-    temp_dir = _temp_dir_for(project)
-    temp_dir.mkdir(parents=True, exist_ok=True)
+    temp_root = Path(tempfile.gettempdir()) / f"llmops-ray-{secrets.token_hex(4)}"
     num_cpus = project.settings.ray.num_cpus or os.cpu_count() or 1
     ports = {name: _free_port() for name in ("gcs", "dashboard", "agent", "client")}
+    state = {
+        "status": "starting",
+        "address": f"127.0.0.1:{ports['gcs']}",
+        "dashboard_url": f"http://127.0.0.1:{ports['dashboard']}",
+        "temp_root": str(temp_root),
+        # Ray makes the temp dir it is given world-writable (0777); inside the private root
+        # nobody else can reach it. Unix socket paths under it must stay within 108 bytes,
+        # hence short names in /tmp.
+        "temp_dir": str(temp_root / "r"),
+        "ports": ports,
+        "num_cpus": num_cpus,
+        "started_at": time.time(),
+    }
+    # Recorded before anything exists, so that whatever happens next `down` knows what to stop.
+    _write_state(project, state)
+    try:
+        _create_private_dir(temp_root)
+        _run_ray_start(project, state)
+        _wait_for_dashboard(project, state)
+    except BaseException:  # Ctrl-C included: leave no half-started head behind
+        _discard_head(project, state)
+        raise
+    state["status"] = "running"
+    _write_state(project, state)
+    return state
+
+
+def _create_private_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700)  # fails on an existing path: never adopt a directory we did not make
+    except OSError as exc:
+        raise ClusterError(f"cannot create the Ray temp directory {path}: {exc}") from exc
+
+
+def _run_ray_start(project: Project, state: dict) -> None:
+    ports = state["ports"]
     command = [
         str(Path(sys.executable).with_name("ray")),
         "start", "--head",
@@ -260,76 +392,159 @@ def _start_head(project: Project) -> dict:
         # Fixed defaults (52365, 10001) would collide with any other local Ray cluster.
         f"--dashboard-agent-listen-port={ports['agent']}",
         f"--ray-client-server-port={ports['client']}",
-        f"--num-cpus={num_cpus}",
-        f"--temp-dir={temp_dir}",
+        f"--num-cpus={state['num_cpus']}",
+        f"--temp-dir={state['temp_dir']}",
         "--disable-usage-stats",
         "--log-style=record",
     ]
-    env = {**os.environ, **auth_env(project), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.pop("RAY_ADDRESS", None)
     try:
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+        # A session of its own: Ctrl-C or a closed terminal of this `llmops` never reaches the head.
+        result = subprocess.run(
+            command, env=head_environment(project, Path(state["temp_root"])), capture_output=True, text=True,
+            timeout=START_TIMEOUT_S, start_new_session=True,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        _kill_head_processes(temp_dir)
         raise ClusterError(f"could not start a local Ray head: {exc}") from exc
     if result.returncode != 0:
-        _kill_head_processes(temp_dir)
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
         raise ClusterError(f"`ray start --head` failed (exit {result.returncode}):\n{tail}")
 
-    state = {
-        "address": f"127.0.0.1:{ports['gcs']}",
-        "dashboard_url": f"http://127.0.0.1:{ports['dashboard']}",
-        "temp_dir": str(temp_dir),
-        "ports": ports,
-        "num_cpus": num_cpus,
-        "started_at": time.time(),
+
+def head_environment(project: Project, temp_root: Path) -> dict[str, str]:
+    """The whole environment of the local head's processes (an allowlist of the caller's)."""
+    secret_names = spec_secret_names(project)
+    env = {
+        name: value for name, value in os.environ.items()
+        if (name in FORWARDED_NAMES or name.startswith(FORWARDED_PREFIXES))
+        and name not in NEVER_FORWARDED and name not in secret_names
     }
-    _wait_for_dashboard(project, state, temp_dir)
-    _state_file(project).write_text(json.dumps(state, indent=2))
-    return state
+    env.update(auth_env(project))
+    env.update({
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        # With multi-node support on, `ray start` swaps 127.0.0.1 for the machine's address
+        # and Ray then binds its gRPC servers and exporters to all interfaces. Off, the node
+        # IP stays 127.0.0.1 and Ray binds each of them to loopback (and accepts no other
+        # node, which a local head never has).
+        LOCAL_NODE_ENV: "0",
+        HEAD_MARKER_ENV: str(temp_root),
+    })
+    return env
 
 
-def _wait_for_dashboard(project: Project, state: dict, temp_dir: Path) -> None:
+def spec_secret_names(project: Project) -> set[str]:
+    """Environment variables the project's specs name as secrets (Deployment API keys)."""
+    from .specs.loader import load_resources
+
+    try:
+        resources = load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)
+    except (LLMOpsError, OSError):
+        return set()  # no loadable specs: the allowlist alone keeps the keys out
+    names = set()
+    for resource in resources:
+        auth = getattr(resource.spec, "auth", None)
+        if isinstance(getattr(auth, "api_keys_env", None), str):
+            names.add(auth.api_keys_env)
+    return names
+
+
+def _wait_for_dashboard(project: Project, state: dict) -> None:
     headers = dashboard_headers(project)
     deadline = time.monotonic() + DASHBOARD_WAIT_S
     while time.monotonic() < deadline:
         if _dashboard_ready(state["dashboard_url"], headers):
             return
         time.sleep(0.5)
-    _kill_head_processes(temp_dir)
     raise ClusterError(
         f"the local Ray head started but its dashboard at {state['dashboard_url']} never answered; "
-        f"see the logs under {temp_dir}/session_latest/logs"
+        f"see the logs under {state['temp_dir']}/session_latest/logs"
     )
 
 
-def _kill_head_processes(temp_dir: Path, grace_s: float = 10) -> int:
-    """Terminate the processes of the head that uses `temp_dir` (they all name it on their
-    command line), plus their children. `ray stop` would kill every Ray on the machine."""
+# stopping ------------------------------------------------------------------------
+def _discard_head(project: Project, state: dict) -> int:
+    """Stop every process of the recorded head, then forget it. Returns how many were stopped."""
+    stopped = stop_head_processes(_temp_root(state))
+    _state_file(project).unlink(missing_ok=True)
+    for path in (Path(state["temp_dir"]), _temp_root(state)):  # sessions and logs of the head
+        if _owned_dir(path):
+            shutil.rmtree(path, ignore_errors=True)
+    return stopped
+
+
+def head_processes(temp_root: Path) -> list:
+    """The live processes of the head whose temp root this is (psutil.Process objects).
+    Other Ray instances on the machine are never included.
+
+    A process belongs to the head when it carries the head's marker in its environment or
+    names the temp root on its command line, when it shares the session of a marked process
+    (the head runs in a session of its own, and Ray's setproctitle wipes what
+    /proc/<pid>/environ shows of workers and agents), or when it descends from either."""
     import psutil
 
-    marker = str(temp_dir)
-    targets: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    root = str(temp_root)
+    own_session = os.getsid(0)
+    marked: dict[int, psutil.Process] = {}
+    sessions: set[int] = set()
+    by_session: dict[int, list[psutil.Process]] = {}
+    for proc in psutil.process_iter(["cmdline", "environ"], ad_value=None):
+        session = _session_of(proc.pid)
+        by_session.setdefault(session, []).append(proc)
+        environ = proc.info.get("environ") or {}
+        if environ.get(HEAD_MARKER_ENV) == root:
+            marked[proc.pid] = proc
+            if session not in (own_session, -1):
+                sessions.add(session)
+        elif any(f"{root}/" in f"{part}/" for part in proc.info.get("cmdline") or ()):
+            marked[proc.pid] = proc  # heads recorded before the marker existed
+    found = dict(marked)
+    for session in sessions:
+        found.update((proc.pid, proc) for proc in by_session.get(session, ()))
+    for proc in list(found.values()):
         try:
-            if proc.pid != os.getpid() and any(marker in part for part in proc.info["cmdline"] or ()):
-                targets[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    targets[child.pid] = child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            found.update((child.pid, child) for child in proc.children(recursive=True))
+        except psutil.Error:
             continue
-    procs = [p for p in targets.values() if p.pid != os.getpid()]
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def _session_of(pid: int) -> int:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return -1
+
+
+def stop_head_processes(temp_root: Path) -> int:
+    """Terminate (then kill) every process of the head; `ray stop` would kill every Ray on
+    the machine. Repeats until none is left: a `ray start` cut off mid-way may still be
+    spawning. Returns how many processes were stopped."""
+    stopped: set[int] = set()
+    for _ in range(STOP_ROUNDS):
+        procs = head_processes(temp_root)
+        if not procs:
+            return len(stopped)
+        _terminate(procs)
+        stopped.update(proc.pid for proc in procs)
+    left = sorted(proc.pid for proc in head_processes(temp_root))
+    if left:
+        raise ClusterError(f"could not stop the local Ray head's processes {left}; stop them by hand")
+    return len(stopped)
+
+
+def _terminate(procs: list) -> None:
+    import psutil
+
     for proc in procs:
         try:
             proc.terminate()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    _, alive = psutil.wait_procs(procs, timeout=STOP_GRACE_S)
     for proc in alive:
         try:
             proc.kill()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=5)
-    return len(procs)

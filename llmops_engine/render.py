@@ -22,11 +22,13 @@ def plan_text(plan: Plan, verbose: bool = False) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = []
     width = max((len(a.key) for a in plan.actions), default=0)
     for action in plan.actions:
-        if action.action == "no-op" and not verbose:
+        if action.action == "no-op" and not (verbose or action.notes):
             continue
         style = {"create": "green", "update": "yellow", "delete": "red", "no-op": "dim"}[action.action]
         reason = "; ".join(action.reasons) or "up to date"
-        lines.append((style, f"  {SYMBOL[action.action]} {action.key.ljust(width)}  {action.action}: {reason}"))
+        cost = f" ({action.cost})" if action.cost else ""
+        lines.append((style, f"  {SYMBOL[action.action]} {action.key.ljust(width)}  {action.action}: {reason}{cost}"))
+        lines += [("dim", f"    note: {note}") for note in action.notes]
     for key in plan.orphans:
         lines.append(("dim", f"  ? {key.ljust(width)}  not in specs (llmops apply --prune deletes it)"))
     lines.append(("bold", plan_summary(plan)))
@@ -34,17 +36,24 @@ def plan_text(plan: Plan, verbose: bool = False) -> list[tuple[str, str]]:
 
 
 def plan_markdown(plan: Plan) -> str:
-    rows = ["| | resource | action | reason |", "|---|---|---|---|"]
+    rows = ["| | resource | action | reason | last run |", "|---|---|---|---|---|"]
     for action in plan.actions:
-        if action.action == "no-op":
+        if action.action == "no-op" and not action.notes:
             continue
-        reason = "; ".join(action.reasons).replace("|", "\\|")
-        rows.append(f"| `{SYMBOL[action.action]}` | `{action.key}` | {action.action} | {reason} |")
+        reason = "; ".join([*action.reasons, *action.notes]) or "up to date"
+        rows.append(f"| `{SYMBOL[action.action]}` | `{action.key}` | {action.action} | {_cell(reason)} | "
+                    f"{_cell((action.cost or '').removeprefix('last run '))} |")
     for key in plan.orphans:
-        rows.append(f"| `?` | `{key}` | orphan | not in specs; `llmops apply --prune` deletes it |")
+        rows.append(f"| `?` | `{key}` | orphan | not in specs; `llmops apply --prune` deletes it | |")
     body = "\n".join(rows) if len(rows) > 2 else "_Nothing to do._"
     unchanged = sum(1 for a in plan.actions if a.action == "no-op")
-    return f"### llmops plan\n\n**{plan_summary(plan)}** ({unchanged} unchanged)\n\n{body}\n"
+    flags = " ".join(f"`--{k.replace('_', '-')}`" for k, v in plan.options.to_json().items() if v)
+    return f"### llmops plan\n\n**{plan_summary(plan)}** ({unchanged} unchanged){' ' + flags if flags else ''}\n\n{body}\n"
+
+
+def _cell(text: str) -> str:
+    """Table-safe: no pipes, no newlines, no HTML from spec values in a PR comment."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def spec_errors_github(error: SpecError) -> str:

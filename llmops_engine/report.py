@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+
 from rich.console import Console
 
-from .engine import ApplyResult, Engine
+from .engine import Engine
+from .execute import ApplyResult
+from .state.records import ResourceRecord
 
 
 def print_apply_result(console: Console, errors: Console, engine: Engine, result: ApplyResult) -> int:
@@ -27,17 +32,19 @@ def print_apply_result(console: Console, errors: Console, engine: Engine, result
 
 
 def _print_endpoints(console: Console, engine: Engine) -> None:
-    for record in engine.records().values():
+    records = engine.records()
+    for record in records.values():
         endpoint = record.outputs.get("endpoint") if record.kind == "Deployment" else None
         if not endpoint:
             continue
         console.print(f"\n[bold]{record.name}[/bold] serves model {record.outputs.get('model_version', '?')} at {endpoint}")
-        for line in usage_lines(engine, record):
+        for line in usage_lines(engine, records, record):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def usage_lines(engine: Engine, record) -> list[str]:
-    """A curl command and an openai SDK snippet that work as printed."""
+def usage_lines(engine: Engine, records: dict[str, ResourceRecord], record: ResourceRecord) -> list[str]:
+    """A curl command and an openai SDK snippet that work as printed, asking the deployment a
+    question from its own eval split, shaped by its own prompt."""
     endpoint = record.outputs["endpoint"]
     model = record.outputs.get("model_id", record.name)
     auth = record.spec.get("auth")
@@ -47,16 +54,41 @@ def usage_lines(engine: Engine, record) -> list[str]:
     if env and demo_key.is_file():
         lines.append(f"export {env}=$(cat {demo_key.relative_to(engine.project.root)})   # the demo's local key")
     header = f' -H "Authorization: Bearer ${env}"' if env else ""
-    messages = ('[{"role": "system", "content": "Product: Nimbus Chat. Plan: Plus."}, '
-                '{"role": "user", "content": "How do I reset my password?"}]')
-    body = '{"model": "%s", "messages": %s}' % (model, messages)
-    lines.append(f"curl -s {endpoint}/chat/completions{header} -H 'Content-Type: application/json' -d '{body}'")
+    messages = example_messages(engine, records, record)
+    body = json.dumps({"model": model, "messages": messages}, ensure_ascii=False)
+    lines.append(f"curl -s {endpoint}/chat/completions{header} -H 'Content-Type: application/json' -d {shlex.quote(body)}")
     key_expr = f'os.environ["{env}"].split(",")[0]' if env else '"none"'
-    lines.append(
-        f'python -c \'import os, openai; c = openai.OpenAI(base_url="{endpoint}", api_key={key_expr}); '
-        f'print(c.chat.completions.create(model="{model}", messages={messages}).choices[0].message.content)\''
+    code = (
+        f'import os, openai; c = openai.OpenAI(base_url="{endpoint}", api_key={key_expr}); '
+        f"print(c.chat.completions.create(model={model!r}, messages={messages!r}).choices[0].message.content)"
     )
+    lines.append(f"python -c {shlex.quote(code)}")
     return lines
+
+
+def example_messages(engine: Engine, records: dict[str, ResourceRecord], deployment: ResourceRecord) -> list[dict]:
+    """Chat messages for the first row of the deployment's eval split: the row's input as the
+    system message when its prompt uses {input}, the instruction as the user turn."""
+    row = _first_eval_row(engine, records, deployment) or {"instruction": "Hello! What can you help me with?"}
+    prompt = records.get(f"Prompt/{deployment.spec.get('prompt')}")
+    uses_input = prompt is not None and "{input}" in str(prompt.spec.get("template", ""))
+    messages = [{"role": "system", "content": row["input"]}] if uses_input and row.get("input") else []
+    return messages + [{"role": "user", "content": str(row["instruction"])}]
+
+
+def _first_eval_row(engine: Engine, records: dict[str, ResourceRecord], deployment: ResourceRecord) -> dict | None:
+    from .data.pipeline import EVAL
+
+    job = records.get(f"TuningJob/{deployment.spec.get('model')}")
+    dataset = records.get(f"Dataset/{job.spec.get('dataset')}") if job else None
+    if dataset is None:
+        return None
+    try:
+        with (engine.store.local_path(dataset.fingerprint) / EVAL).open(encoding="utf-8") as rows:
+            row = json.loads(rows.readline(1 << 16))
+    except (OSError, ValueError):
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("instruction"), str) else None
 
 
 def status_rows(engine: Engine) -> list[dict]:

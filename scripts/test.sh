@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Set up, then run the whole test suite (pytest's exit code is ours: 5 = no tests ran = failure).
+# Arguments go to pytest: ./scripts/test.sh -m "not slow" is the fast lane (no Ray, no training).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -18,8 +18,8 @@ def root(project_root):
     return project_root
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+def invoke(*args, registry=None):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, obj=registry)
 
 
 def test_validate_ok_and_errors_without_traceback(root):
@@ -54,23 +54,20 @@ def test_plan_text_json_out_and_detailed_exitcode(root, tmp_path):
 
 
 def test_apply_status_history_and_noop(root, tmp_path):
-    recording_controllers.install()
-    try:
-        out = tmp_path / "plan.json"
-        invoke("plan", "-C", root, "--out", out)
-        result = invoke("apply", out, "-C", root)
-        assert result.exit_code == 0, result.output
-        assert "Apply complete: 3 changed" in result.output
-        assert invoke("plan", "-C", root, "--detailed-exitcode").exit_code == 0
-        stale = invoke("apply", out, "-C", root)
-        assert stale.exit_code == 1 and "stale" in stale.output
-        status = json.loads(invoke("status", "-C", root, "--json").output)
-        assert {r["name"]: r["state"] for r in status} == {"d": "ready", "p": "ready", "t": "ready"}
-        assert "TuningJob" in invoke("status", "-C", root).output
-        history = json.loads(invoke("history", "TuningJob/t", "-C", root, "--json").output)
-        assert history[0]["status"] == "succeeded"
-    finally:
-        recording_controllers.uninstall()
+    recording = recording_controllers.registry()
+    out = tmp_path / "plan.json"
+    invoke("plan", "-C", root, "--out", out)
+    result = invoke("apply", out, "-C", root, registry=recording)
+    assert result.exit_code == 0, result.output
+    assert "Apply complete: 3 changed" in result.output
+    assert invoke("plan", "-C", root, "--detailed-exitcode").exit_code == 0
+    stale = invoke("apply", out, "-C", root, registry=recording)
+    assert stale.exit_code == 1 and "stale" in stale.output
+    status = json.loads(invoke("status", "-C", root, "--json").output)
+    assert {r["name"]: r["state"] for r in status} == {"d": "ready", "p": "ready", "t": "ready"}
+    assert "TuningJob" in invoke("status", "-C", root).output
+    history = json.loads(invoke("history", "TuningJob/t", "-C", root, "--json").output)
+    assert history[0]["status"] == "succeeded"
 
 
 def test_schema_command_writes_schema(tmp_path):
@@ -101,12 +98,15 @@ def test_light_commands_import_nothing_heavy(root, command):
     probe = (
         "import sys, runpy\n"
         f"sys.argv = ['llmops', *{command!r}]\n"
+        "code = 0\n"
         "try:\n    runpy.run_module('llmops_engine', run_name='__main__')\n"
-        "except SystemExit:\n    pass\n"
+        "except SystemExit as done:\n    code = done.code\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
+        "sys.exit(code)\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr  # the command itself worked
     assert "HEAVY []" in result.stdout, result.stdout + result.stderr
 
 
@@ -115,3 +115,50 @@ def test_logs_and_rollback_explain_what_is_missing(root):
     assert logs.exit_code == 1 and "no request log for deployment 'nope'" in logs.output
     rollback = invoke("rollback", "nope", "-C", root)
     assert rollback.exit_code == 1 and "no Deployment named 'nope'" in rollback.output
+
+
+def test_saved_plan_with_deletes_is_executed_exactly(root, tmp_path):
+    recording = recording_controllers.registry()
+    assert invoke("apply", "-C", root, registry=recording).exit_code == 0
+    (root / "specs" / "job.yaml").unlink()
+    reviewed = tmp_path / "prune.json"
+    assert invoke("plan", "-C", root, "--prune", "--out", reviewed).exit_code == 0
+    assert json.loads(reviewed.read_text())["options"]["prune"] is True
+
+    result = invoke("apply", reviewed, "-C", root, registry=recording)  # no flag: the plan carries it
+    assert result.exit_code == 0, result.output
+    status = json.loads(invoke("status", "-C", root, "--json").output)
+    assert "t" not in {row["name"] for row in status}
+
+
+def test_saved_plan_refuses_flags_it_was_not_made_with(root, tmp_path):
+    recording = recording_controllers.registry()
+    assert invoke("apply", "-C", root, registry=recording).exit_code == 0
+    (root / "specs" / "job.yaml").unlink()
+    reviewed = tmp_path / "plain.json"
+    assert invoke("plan", "-C", root, "--out", reviewed).exit_code == 0
+
+    result = invoke("apply", reviewed, "--prune", "-C", root, registry=recording)
+    assert result.exit_code == 1 and "different options (--prune)" in result.output
+    status = json.loads(invoke("status", "-C", root, "--json").output)
+    assert {row["name"]: row["state"] for row in status}["t"] == "orphan"  # nothing was deleted
+
+    edited = json.loads(reviewed.read_text())
+    edited["options"]["prune"] = True
+    reviewed.write_text(json.dumps(edited))
+    result = invoke("apply", reviewed, "-C", root, registry=recording)
+    assert result.exit_code == 1 and "modified after it was made" in result.output
+
+
+def test_an_internal_error_is_one_line_and_a_log_file(root, monkeypatch):
+    from llmops_engine import observe
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(observe, "load_desired", broken)
+    result = invoke("plan", "-C", root)
+    assert result.exit_code == 70 and "Traceback" not in result.output
+    assert "internal error: ZeroDivisionError: a bug" in result.output
+    (log,) = (root / ".llmops" / "logs").glob("internal-*.log")
+    assert "Traceback" in log.read_text() and log.name in result.output

@@ -218,22 +218,61 @@ def test_transforms_run_in_spec_order():
     assert len(run_transforms(items, {"strip_whitespace": {}}, {"dedupe": ["output"]})) == 1
 
 
-# --- split ---------------------------------------------------------------------------------
+# --- split: properties of what `build` writes ---------------------------------------------
+def tickets(n: int, start: int = 0) -> list[dict]:
+    return [{"q": f"how do I fix problem {i}?", "c": f"plan {i % 4}", "a": f"step {i * 7 % 11} then {i}"}
+            for i in range(start, start + n)]
 
 
-def test_split_is_hash_based_stable_and_near_the_fraction():
-    items = [ex(f"question {i}", output=f"answer {i}") for i in range(4000)]
-    split = Split(eval_fraction=0.15, seed=42)
-    chosen = {e["instruction"] for e in items if is_eval(e, split)}
-    assert 0.13 < len(chosen) / len(items) < 0.17
-    reversed_choice = {e["instruction"] for e in reversed(items) if is_eval(e, split)}
-    assert reversed_choice == chosen  # order does not matter
-    assert {e["instruction"] for e in items[:1000] if is_eval(e, split)} == {
-        e["instruction"] for e in items[:1000] if e["instruction"] in chosen
-    }  # adding rows never moves existing ones
-    other = {e["instruction"] for e in items if is_eval(e, Split(eval_fraction=0.15, seed=7))}
-    assert other != chosen
-    # Pinned values: the split must not change across machines or Python versions.
+def sides(tmp_path: Path, items: list[dict], eval_fraction: float = 0.25, seed: int = 3) -> dict[str, str]:
+    """Build a Dataset over `items`; return each row's question -> "train" or "eval"."""
+    write_jsonl(tmp_path / "data/rows.jsonl", items)
+    train, evaluation = run(tmp_path, spec(split={"eval_fraction": eval_fraction, "seed": seed}))
+    placed = {e["instruction"]: "train" for e in train} | {e["instruction"]: "eval" for e in evaluation}
+    assert len(placed) == len(items) == len(train) + len(evaluation)  # every row once, on one side
+    return placed
+
+
+@pytest.mark.parametrize("shuffle_seed", [0, 1, 2])
+def test_adding_rows_anywhere_never_moves_an_existing_row(tmp_path, shuffle_seed):
+    before = sides(tmp_path, tickets(300))
+    grown = tickets(300) + tickets(200, start=300)
+    random.Random(shuffle_seed).shuffle(grown)  # new rows interleaved with the old ones
+    after = sides(tmp_path, grown)
+    assert {q: after[q] for q in before} == before
+    assert "eval" in before.values() and "train" in before.values()
+
+
+def test_the_split_does_not_depend_on_row_order(tmp_path):
+    items = tickets(400)
+    in_order = sides(tmp_path, items)
+    for shuffle_seed in range(3):
+        shuffled = items[:]
+        random.Random(shuffle_seed).shuffle(shuffled)
+        assert sides(tmp_path, shuffled) == in_order
+
+
+@pytest.mark.parametrize("eval_fraction", [0.05, 0.2, 0.5, 0.9])
+def test_the_eval_share_is_close_to_the_fraction(tmp_path, eval_fraction):
+    n = 2000
+    placed = sides(tmp_path, tickets(n), eval_fraction=eval_fraction, seed=11)
+    share = sum(side == "eval" for side in placed.values()) / n
+    tolerance = 4 * (eval_fraction * (1 - eval_fraction) / n) ** 0.5  # 4 binomial standard deviations
+    assert abs(share - eval_fraction) < tolerance
+
+
+def test_the_seed_chooses_a_different_split_and_the_same_seed_the_same_one(tmp_path):
+    items = tickets(400)
+    first = sides(tmp_path, items, seed=3)
+    assert sides(tmp_path, items, seed=3) == first
+    other = sides(tmp_path, items, seed=4)
+    moved = sum(first[q] != other[q] for q in first)
+    assert moved > 40  # not a near-copy: about 2·f·(1-f) = 37.5 % of rows change side
+
+
+def test_the_split_is_the_same_on_every_machine():
+    # Pinned values: a change of hash, encoding or scaling would silently reshuffle every
+    # project's eval split (and retrain everything downstream).
     assert [is_eval(ex(f"q{i}"), Split(eval_fraction=0.5, seed=42)) for i in range(8)] == PINNED_SPLIT
 
 

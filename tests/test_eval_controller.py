@@ -125,3 +125,31 @@ def test_report_files_compare_candidate_and_baseline_and_list_the_worst_examples
     assert "| exact_match | 0.6667 | 0 | higher |" in report
     worst = report.split("## Worst 3 examples by exact_match")[1]
     assert worst.index("### Example 2") < worst.index("### Example 0")  # the miss comes first
+
+
+@pytest.mark.parametrize(
+    "how, exact_match, latency_p50_ms, passed",
+    [
+        ("mean", 0.5, 20.0, True),  # the average repeat clears exact_match >= 0.4
+        ("min", 0.0, 30.0, False),  # the worst repeat: the lower match, the HIGHER latency
+    ],
+)
+def test_repeats_are_combined_as_the_spec_says_and_the_gate_judges_the_combination(how, exact_match, latency_p50_ms, passed):
+    from llmops_engine.evaluation.contenders import Contender
+    from llmops_engine.evaluation.metrics import ModelRun
+    from llmops_engine.evaluation.outcome import assess
+
+    spec = gate(
+        compare_to="none", repeats=2, aggregate=how, generation={"do_sample": True},
+        metrics=["exact_match", "latency_p50_ms"], thresholds=[{"metric": "exact_match", "min": 0.4}],
+    ).spec
+    examples = [{"instruction": f"q{i}", "input": "", "output": f"answer {i}"} for i in range(2)]
+    runs = {"candidate": [
+        ModelRun(["answer 0", "answer 1"], [2, 2], [10.0, 10.0]),  # every answer right, fast
+        ModelRun(["wrong", "also wrong"], [2, 2], [30.0, 30.0]),  # every answer wrong, slow
+    ]}
+    outcome = assess(spec, [Contender("candidate", "abc123", {}, "h")], {}, examples, runs)
+    values = outcome.scores["candidate"].values
+    assert values["exact_match"] == pytest.approx(exact_match)
+    assert values["latency_p50_ms"] == pytest.approx(latency_p50_ms)
+    assert outcome.verdict.passed is passed

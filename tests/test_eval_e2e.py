@@ -1,6 +1,7 @@
 """Evaluation end to end on a real Ray cluster with real (tiny) models: a tuned model passes
-a gate that its untuned base fails, greedy results are reproducible, sampled repeats are
-aggregated, a broken model fails closed, and a failed gate blocks the Deployment after it."""
+a gate that its untuned base fails, greedy results are reproducible, sampled repeats are seeded
+and aggregated by the worst one, a broken model fails closed, and a failed gate blocks the real
+Deployment after it (`llmops apply` exits 3) until the gate passes."""
 
 import json
 import shutil
@@ -8,14 +9,10 @@ import textwrap
 
 import pytest
 
-from llmops_engine import controllers
+from llmops_engine.controllers import Registry
 from llmops_engine.controllers.evaluation import EvaluationController
-from llmops_engine.controllers.prompt import PromptController
-from llmops_engine.engine import Engine
 from llmops_engine.errors import EvaluationError, GateFailed
 from llmops_engine.evaluation.metrics import NOT_DETERMINISTIC
-from llmops_engine.project import Project, ProjectSettings
-from tests import recording_controllers
 from tests.eval_helpers import DATASET, PROMPT, ROWS, make_context, publish_dataset, resource, train_tiny
 
 pytestmark = pytest.mark.slow
@@ -30,16 +27,22 @@ def workspace(ray_project, tmp_path_factory):
     """A store shared by this module's tests, holding a tiny model tuned on ROWS."""
     import ray
 
+    from llmops_engine import raycluster
+
     root = tmp_path_factory.mktemp("eval-e2e")
     ctx = make_context(root, [TUNING])
     train_tiny(ctx.store.root, ctx.artifact_dir(TUNING.key))
-    return {"root": root, "address": ray.get_runtime_context().gcs_address}
+    return {"root": root, "address": ray.get_runtime_context().gcs_address,
+            "dashboard": raycluster.ensure_cluster(ray_project).dashboard_url,
+            "token": raycluster.token_path(ray_project).read_text().strip()}
 
 
 @pytest.fixture
 def on_cluster(workspace, monkeypatch):
     # The session's Ray head, reached the way CI reaches a shared cluster.
     monkeypatch.setenv("RAY_ADDRESS", workspace["address"])
+    monkeypatch.setenv("RAY_DASHBOARD_URL", workspace["dashboard"])  # Serve's REST API, for Deployments
+    monkeypatch.setenv("RAY_AUTH_TOKEN", workspace["token"])
     return workspace["root"]
 
 
@@ -65,7 +68,7 @@ def test_tuned_model_passes_and_base_model_fails_the_same_gate(on_cluster, tmp_p
     assert outputs["metrics"]["rouge_l"] - outputs["baseline_metrics"]["base"]["rouge_l"] >= 0.3
 
     metrics = json.loads((staging / "metrics.json").read_text())
-    assert metrics["examples"] == len(ROWS) and metrics["seed"] == 0 and metrics["batch_size"] == 8
+    assert metrics["examples"] == len(ROWS)
     assert metrics["template_hash"] and metrics["model_fingerprints"]["base"] == "base:builtin:tiny-llama"
     rows = read_jsonl(staging / "examples.jsonl")
     assert [r["expected"] for r in rows] == [r["output"] for r in ROWS]
@@ -93,18 +96,33 @@ def test_greedy_evaluation_is_deterministic(on_cluster, tmp_path):
     assert outputs(staging_1) == outputs(staging_2)
 
 
-def test_sampled_repeats_are_aggregated(on_cluster, tmp_path):
+def sampled_outputs(on_cluster, tmp_path, seed):
+    """A sampled evaluation with 2 repeats aggregated by min: (outputs, each repeat's answers)."""
     outputs, staging = evaluate(
         on_cluster, tmp_path, model="tuned", compare_to="none", repeats=2, aggregate="min",
-        generation={**GENERATION, "do_sample": True, "temperature": 1.5, "seed": 3},
+        generation={**GENERATION, "do_sample": True, "temperature": 1.5, "seed": seed},
         thresholds=[{"metric": "output_tokens_mean", "min": 1}],
         metrics=["rouge_l"],
     )
-    metrics = json.loads((staging / "metrics.json").read_text())
-    assert metrics["repeats"] == 2 and metrics["aggregate"] == "min"
     rows = read_jsonl(staging / "examples.jsonl")
-    assert all(len(r["candidate"]["other_repeats"]) == 1 for r in rows)
-    assert "2 repeats aggregated by min" in (staging / "report.md").read_text()
+    answers = [[r["candidate"]["output"] for r in rows], [r["candidate"]["other_repeats"][0] for r in rows]]
+    return outputs, answers
+
+
+def test_sampled_repeats_differ_are_seeded_and_min_takes_the_worst(on_cluster, tmp_path):
+    from llmops_engine.evaluation.metrics import ModelRun, score
+    from llmops_engine.specs.evaluation import MetricOptions
+
+    outputs, answers = sampled_outputs(on_cluster, tmp_path, seed=3)
+    assert answers[0] != answers[1]  # each repeat samples anew
+    expected = [r["output"] for r in ROWS]
+    per_repeat = [score(["rouge_l"], expected, ModelRun(a, [1] * len(a), [0.0] * len(a)), MetricOptions()).values["rouge_l"]
+                  for a in answers]
+    assert per_repeat[0] != per_repeat[1]  # so mean and min differ, and the check below can tell them apart
+    assert outputs["metrics"]["rouge_l"] == pytest.approx(min(per_repeat))
+
+    assert sampled_outputs(on_cluster, tmp_path, seed=3)[1] == answers  # the seed reproduces the samples
+    assert sampled_outputs(on_cluster, tmp_path, seed=4)[1] != answers  # and another seed changes them
 
 
 def test_a_model_that_cannot_load_fails_closed_with_a_clear_error(on_cluster, tmp_path):
@@ -188,38 +206,59 @@ class CopyTunedModel(PublishRows):
         return {"model_version": ctx.fingerprint(resource.key)[:12]}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
-def pipeline(on_cluster, tmp_path):
+def pipeline(on_cluster, tmp_path, monkeypatch):
+    """A project whose Dataset and TuningJob are stand-ins (the module's tuned model); its
+    Prompt, Evaluation and Deployment are the real controllers, on the session's cluster."""
+    import ray
+    from ray import serve
+
     root = tmp_path / "project"
     for name, text in SPECS.items():
         (root / "specs").mkdir(parents=True, exist_ok=True)
         (root / "specs" / name).write_text(textwrap.dedent(text).lstrip("\n"))
     (root / "data").mkdir()
     (root / "data" / "x.jsonl").write_text('{"q": "1", "a": "2"}\n')
-    tuned_dir = make_context(on_cluster, [TUNING]).artifact_dir(TUNING.key)
     # Same store as the rest of the module: the builtin base model is already there.
-    project = Project(root, ProjectSettings(artifact_store=str(on_cluster / "store")))
-    controllers.register("Dataset", PublishRows())
-    controllers.register("TuningJob", CopyTunedModel(tuned_dir))
-    controllers.register("Prompt", PromptController())
-    controllers.register("Evaluation", EvaluationController())
-    recording_controllers.install(kinds=("Deployment",))
-    yield project
-    recording_controllers.uninstall(kinds=("Dataset", "TuningJob", "Prompt", "Evaluation", "Deployment"))
+    (root / "llmops.yaml").write_text(
+        f"spec_dirs: [specs]\nartifact_store: {on_cluster / 'store'}\nserve: {{port: {free_port()}}}\n"
+    )
+    monkeypatch.setenv("API_KEYS", "sk-gate-test-key")
+    tuned_dir = make_context(on_cluster, [TUNING]).artifact_dir(TUNING.key)
+    yield root, Registry({"Dataset": PublishRows(), "TuningJob": CopyTunedModel(tuned_dir)})
+    if ray.is_initialized():
+        serve.shutdown()  # leave the session's cluster without Serve, as the next module expects
 
 
 def test_failed_gate_blocks_the_deployment_then_a_reachable_gate_lets_it_through(pipeline):
-    printed = []
-    result = Engine(pipeline, report=printed.append).apply()
-    status = {s.key: s.status for s in result.steps}
-    assert status["Evaluation/gate"] == "failed" and status["Deployment/api"] == "blocked"
-    assert result.exit_code() == 3
-    gate_step = next(s for s in result.steps if s.key == "Evaluation/gate")
-    assert "improvement >= 2 vs base" in gate_step.message and "| FAIL |" in gate_step.message
-    assert not (pipeline.root / "calls.log").exists()  # the Deployment controller never ran
+    from typer.testing import CliRunner
 
-    gate = pipeline.root / "specs" / "gate.yaml"
+    from llmops_engine.cli import app
+
+    root, registry = pipeline
+
+    def llmops(*args):
+        return CliRunner().invoke(app, [*args, "-C", str(root)], obj=registry, catch_exceptions=False)
+
+    def states():
+        return {f"{r['kind']}/{r['name']}": r["state"] for r in json.loads(llmops("status", "--json").output)}
+
+    blocked = llmops("apply")
+    assert blocked.exit_code == 3, blocked.output
+    assert "improvement >= 2 vs base" in blocked.output and "FAIL" in blocked.output
+    assert "Deployment/api not applied" in blocked.output
+    assert states()["Deployment/api"] == "pending"  # the real Deployment controller never ran
+
+    gate = root / "specs" / "gate.yaml"
     gate.write_text(gate.read_text().replace("min_delta_vs_baseline: 2.0", "min_delta_vs_baseline: 0.3"))
-    result = Engine(pipeline, report=printed.append).apply()
-    assert {s.key: s.status for s in result.steps}["Deployment/api"] == "succeeded"
-    assert result.exit_code() == 0
+    through = llmops("apply")
+    assert through.exit_code == 0, through.output
+    assert states()["Deployment/api"] == "ready"

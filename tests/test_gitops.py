@@ -80,14 +80,11 @@ def test_simulated_pull_request_plan_comment(tmp_path):
     git(base, "init", "-q", "-b", "main")
     git(base, "add", "-A")
     git(base, "commit", "-qm", "base")
-    recording_controllers.install()
-    try:
-        from llmops_engine.engine import Engine
-        from llmops_engine.project import load_project
+    from llmops_engine.engine import Engine
+    from llmops_engine.project import load_project
 
-        assert Engine(load_project(base), report=lambda _: None).apply().exit_code() == 0
-    finally:
-        recording_controllers.uninstall()
+    engine = Engine(load_project(base), report=lambda _: None, registry=recording_controllers.registry())
+    assert engine.apply().exit_code() == 0
     git(base, "checkout", "-q", "-b", "pr")
     job = base / "specs" / "job.yaml"
     job.write_text(job.read_text().replace("epochs: 1", "epochs: 3"))
@@ -100,7 +97,7 @@ def test_simulated_pull_request_plan_comment(tmp_path):
     assert plan.returncode == 2, plan.stdout + plan.stderr
     comment = plan.stdout
     assert "**Plan: 0 to create, 1 to update, 0 to delete.** (2 unchanged)" in comment
-    assert "| `~` | `TuningJob/t` | update | spec changed at spec.training.epochs |" in comment
+    assert "| `~` | `TuningJob/t` | update | spec changed at spec.training.epochs: 1 → 3 | 0.0 s on 1 worker × 1 CPU |" in comment
     assert "Dataset/d" not in comment
 
 
@@ -126,11 +123,8 @@ def test_two_clones_sharing_a_store_agree_on_what_is_done(tmp_path):
     from llmops_engine.engine import Engine
     from llmops_engine.project import load_project
 
-    recording_controllers.install()
-    try:
-        assert Engine(load_project(a), report=lambda _: None).apply().exit_code() == 0
-    finally:
-        recording_controllers.uninstall()
+    engine = Engine(load_project(a), report=lambda _: None, registry=recording_controllers.registry())
+    assert engine.apply().exit_code() == 0
     plan_b = llmops(b, "plan", "--detailed-exitcode")
     assert plan_b.returncode == 0, plan_b.stdout + plan_b.stderr
     assert "No changes" in plan_b.stdout

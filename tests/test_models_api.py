@@ -97,6 +97,7 @@ def test_render_needs_a_template(base):
 
 def test_path_and_hub_references(store, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     copy = tmp_path / "my-model"
     shutil.copytree(builtin_dir("tiny-llama", store), copy)
     assert resolve_base("path:my-model", store, root=tmp_path).hash == resolve_base("builtin:tiny-llama", store).hash
@@ -105,5 +106,7 @@ def test_path_and_hub_references(store, tmp_path, monkeypatch):
     # Offline, a hub model that is not cached is a clear error, never a download.
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         resolve_base("hf:llmops-test/not-cached", store)
-    with pytest.raises(ModelLoadError, match="unknown builtin"):
+    with pytest.raises(ModelLoadError, match="unknown builtin model 'huge-llama'; available: tiny-llama, smollm2"):
         resolve_base("builtin:huge-llama", store)
+    with pytest.raises(ModelLoadError, match="unknown model reference"):
+        resolve_base("s3:bucket/model", store)

@@ -2,7 +2,10 @@
 
 import pytest
 
-from llmops_engine.planner import DesiredResource, ObservedResource, diff_paths, make_plan
+from llmops_engine.errors import PlanError
+from llmops_engine.planner import (
+    DesiredResource, ObservedResource, Plan, PlanOptions, blockers, diff_paths, make_plan, show_value,
+)
 
 
 def desired(key, fp, spec=None, deps=None, inputs=None):
@@ -10,8 +13,8 @@ def desired(key, fp, spec=None, deps=None, inputs=None):
     return DesiredResource(key, kind, name, fp, spec or {}, deps or {}, inputs or {})
 
 
-def observed(key, fp, spec=None, deps=None, inputs=None, status="ready", message="", drift=None):
-    return ObservedResource(key, fp, spec or {}, deps or {}, inputs or {}, status, message, drift)
+def observed(key, fp, spec=None, deps=None, inputs=None, status="ready", message="", drift=None, unknown=None, cost=None):
+    return ObservedResource(key, fp, spec or {}, deps or {}, inputs or {}, status, message, drift, unknown, cost)
 
 
 DATA = "Dataset/d"
@@ -35,7 +38,7 @@ SCENARIOS = [
         "spec field change names the path",
         [desired(JOB, "t2", spec={"training": {"epochs": 3, "seed": 1}})],
         {JOB: observed(JOB, "t1", spec={"training": {"epochs": 2, "seed": 1}})},
-        [(JOB, "update", ["spec changed at spec.training.epochs"])],
+        [(JOB, "update", ["spec changed at spec.training.epochs: 2 → 3"])],
     ),
     (
         "raw data change updates the dataset and marks downstream",
@@ -48,7 +51,7 @@ SCENARIOS = [
         [desired(DATA, "d2", spec={"split": 2}), desired(JOB, "t2", deps={DATA: "d2"}), desired(EVAL, "e2", deps={JOB: "t2"})],
         {DATA: observed(DATA, "d1", spec={"split": 1}), JOB: observed(JOB, "t1", deps={DATA: "d1"}),
          EVAL: observed(EVAL, "e1", deps={JOB: "t1"})},
-        [(DATA, "update", ["spec changed at spec.split"]), (JOB, "update", ["upstream dataset d changed"]),
+        [(DATA, "update", ["spec changed at spec.split: 1 → 2"]), (JOB, "update", ["upstream dataset d changed"]),
          (EVAL, "update", ["upstream tuningjob t changed"])],
     ),
     (
@@ -79,7 +82,7 @@ SCENARIOS = [
         "new spec key appears as a path",
         [desired(JOB, "t2", spec={"export": ["adapter", "merged"], "lora": {"r": 8}})],
         {JOB: observed(JOB, "t1", spec={"export": ["adapter"], "lora": {"r": 8}})},
-        [(JOB, "update", ["spec changed at spec.export"])],
+        [(JOB, "update", ['spec changed at spec.export: ["adapter"] → ["adapter", "merged"]'])],
     ),
 ]
 
@@ -91,13 +94,116 @@ def test_plan_scenarios(name, want, have, expected):
     assert got == expected
 
 
-def test_orphans_listed_and_pruned_only_on_request():
-    want = [desired(DATA, "d1")]
+PRUNE = PlanOptions(prune=True)
+SERVE = "Deployment/api"
+
+# (name, desired, observed, options, expected (key, action, requires)) — deletes and their order.
+DELETE_SCENARIOS = [
+    (
+        "orphans are listed, not deleted, without prune",
+        [desired(DATA, "d1")],
+        {DATA: observed(DATA, "d1"), JOB: observed(JOB, "t1", deps={DATA: "d1"})},
+        PlanOptions(),
+        [(DATA, "no-op", [])],
+    ),
+    (
+        "a saved plan with deletes: prune plans them, each after its dependents",
+        [],
+        {DATA: observed(DATA, "d1"), JOB: observed(JOB, "t1", deps={DATA: "d1"}),
+         EVAL: observed(EVAL, "e1", deps={JOB: "t1", DATA: "d1"})},
+        PlanOptions(prune=True, allow_empty=True),
+        [(EVAL, "delete", []), (JOB, "delete", [EVAL]), (DATA, "delete", [EVAL, JOB])],
+    ),
+    (
+        "delete order is reverse dependency order, not reverse alphabetical",
+        [],
+        {"Prompt/a": observed("Prompt/a", "p1"), SERVE: observed(SERVE, "s1", deps={"Prompt/a": "p1"})},
+        PlanOptions(prune=True, allow_empty=True),
+        [(SERVE, "delete", []), ("Prompt/a", "delete", [SERVE])],
+    ),
+    (
+        "an orphan that depends on a kept resource does not hold that resource",
+        [desired(DATA, "d1")],
+        {DATA: observed(DATA, "d1"), JOB: observed(JOB, "t1", deps={DATA: "d1"})},
+        PRUNE,
+        [(DATA, "no-op", []), (JOB, "delete", [])],
+    ),
+]
+
+
+@pytest.mark.parametrize("name,want,have,options,expected", DELETE_SCENARIOS, ids=[s[0] for s in DELETE_SCENARIOS])
+def test_delete_scenarios(name, want, have, options, expected):
+    plan = make_plan(want, have, options)
+    assert [(a.key, a.action, list(a.requires)) for a in plan.actions] == expected
+    assert plan.options == options
+
+
+@pytest.mark.parametrize(
+    "action_index,failed,blocked_by",
+    [
+        (1, {EVAL}, [EVAL]),          # the evaluation's delete failed: its job stays
+        (2, {JOB}, [JOB]),            # ... and so does the dataset the job used
+        (2, set(), []),
+        (0, {DATA}, []),              # a dependency's failure never blocks a dependent's delete
+    ],
+)
+def test_deletes_blocked_by_a_failed_dependent(action_index, failed, blocked_by):
+    have = {DATA: observed(DATA, "d1"), JOB: observed(JOB, "t1", deps={DATA: "d1"}),
+            EVAL: observed(EVAL, "e1", deps={JOB: "t1"})}
+    plan = make_plan([], have, PlanOptions(prune=True, allow_empty=True))
+    assert blockers(plan.actions[action_index], failed) == blocked_by
+
+
+def test_updates_are_blocked_by_their_failed_dependencies():
+    plan = make_plan([desired(DATA, "d1"), desired(JOB, "t1", deps={DATA: "d1"})], {})
+    assert blockers(plan.actions[1], {DATA}) == [DATA]
+    assert blockers(plan.actions[0], {JOB}) == []
+
+
+def test_saved_plan_round_trips_and_its_digest_covers_the_options():
     have = {DATA: observed(DATA, "d1"), JOB: observed(JOB, "t1")}
-    assert make_plan(want, have).orphans == (JOB,)
-    pruned = make_plan(want, have, prune=True)
-    assert [(a.key, a.action) for a in pruned.actions] == [(DATA, "no-op"), (JOB, "delete")]
-    assert pruned.orphans == ()
+    plain, pruned = make_plan([desired(DATA, "d1")], have), make_plan([desired(DATA, "d1")], have, PRUNE)
+    assert plain.digest != pruned.digest
+    assert Plan.from_json(pruned.to_json()) == pruned
+    tampered = pruned.to_json() | {"options": {"prune": False, "allow_empty": False}}
+    with pytest.raises(PlanError, match="modified"):
+        Plan.from_json(tampered)
+    dropped = pruned.to_json()
+    dropped["actions"] = dropped["actions"][:1]
+    with pytest.raises(PlanError, match="modified"):
+        Plan.from_json(dropped)
+    with pytest.raises(PlanError, match="another llmops version"):
+        Plan.from_json({"format": 1, "actions": []})
+    assert PlanOptions().differences(PRUNE) == ["--prune"]
+
+
+def test_live_state_unknown_is_a_note_not_drift():
+    plan = make_plan([desired(SERVE, "s1")], {SERVE: observed(SERVE, "s1", unknown="no Ray cluster reachable")})
+    (action,) = plan.actions
+    assert action.action == "no-op" and action.notes == ("live state unknown: no Ray cluster reachable",)
+    known = make_plan([desired(SERVE, "s1")], {SERVE: observed(SERVE, "s1")})
+    assert plan.observed_digest == known.observed_digest
+
+
+def test_update_carries_the_last_run_cost():
+    plan = make_plan([desired(JOB, "t2")], {JOB: observed(JOB, "t1", cost="last run 1 m 27 s on 1 worker × 2 CPU")})
+    assert plan.actions[0].cost == "last run 1 m 27 s on 1 worker × 2 CPU"
+
+
+@pytest.mark.parametrize(
+    "value,shown",
+    [(10, "10"), ("nf4", '"nf4"'), (None, "null"), ({"r": 8}, '{"r": 8}'), ("x" * 100, '"' + "x" * 38 + "…")],
+)
+def test_values_in_reasons_are_short_and_json_like(value, shown):
+    assert show_value(value) == shown
+
+
+def test_spec_change_names_old_and_new_values_including_unset():
+    plan = make_plan([desired(JOB, "t2", spec={"lora": {"r": 16}, "export": ["gguf"]})],
+                     {JOB: observed(JOB, "t1", spec={"lora": {"r": 8}})})
+    assert plan.actions[0].reasons == (
+        'spec changed at spec.export: (unset) → ["gguf"]', "spec changed at spec.lora.r: 8 → 16",
+    )
 
 
 def test_digests_track_state_not_order():

@@ -143,13 +143,19 @@ def expired_lease_of_another_machine(store: RemoteStore) -> Lease:
     return lease
 
 
-def test_an_expired_lease_is_taken_over_by_exactly_one_contender(memory_url, tmp_path):
-    store = RemoteStore(memory_url, tmp_path / "a")
+@pytest.fixture(params=["memory", "s3"])
+def lease_store_url(request):
+    """The lease on fsspec's memory:// and on the S3 server (its conditional writes over HTTP)."""
+    return request.getfixturevalue("memory_url" if request.param == "memory" else "s3_store")
+
+
+def test_an_expired_lease_is_taken_over_by_exactly_one_contender(lease_store_url, tmp_path):
+    store = RemoteStore(lease_store_url, tmp_path / "a")
     expired_lease_of_another_machine(store)
     winners, barrier = [], threading.Barrier(6)
 
     def contend():
-        lock = RemoteStore(memory_url, tmp_path / "b").lock(ttl_s=60)
+        lock = RemoteStore(lease_store_url, tmp_path / "b").lock(ttl_s=60)
         barrier.wait()
         try:
             winners.append(lock.acquire())
@@ -227,11 +233,7 @@ def llmops(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def apply_in_process(root: Path):
-    recording_controllers.install()
-    try:
-        return Engine(load_project(root), report=lambda _: None).apply()
-    finally:
-        recording_controllers.uninstall()
+    return Engine(load_project(root), report=lambda _: None, registry=recording_controllers.registry()).apply()
 
 
 def calls(root: Path) -> list[str]:
@@ -239,6 +241,7 @@ def calls(root: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+@pytest.mark.slow  # four CLI processes against the S3 server: ~3 s idle, 9 s on a busy runner
 def test_two_clones_sharing_an_s3_store(s3_store, tmp_path):
     a, b = clones(tmp_path, s3_store)
     assert apply_in_process(a).exit_code() == 0
@@ -276,8 +279,8 @@ from pathlib import Path
 from tests import recording_controllers
 from llmops_engine.engine import Engine
 from llmops_engine.project import load_project
-recording_controllers.install(TuningJob={{"sleep_s": 5}})
-result = Engine(load_project(Path({root!r})), report=print).apply()
+registry = recording_controllers.registry(TuningJob={{"hold": True}})
+result = Engine(load_project(Path({root!r})), report=print, registry=registry).apply()
 print("EXIT", result.exit_code())
 """
 
@@ -289,10 +292,11 @@ def test_the_apply_lock_in_s3_excludes_a_process_on_another_clone(s3_store, tmp_
     deadline = time.monotonic() + 60
     while not (a / "running-TuningJob").exists():
         assert time.monotonic() < deadline and holder.poll() is None, holder.communicate()
-        time.sleep(0.1)
-    blocked = llmops(b, "apply")
+        time.sleep(0.05)
+    blocked = llmops(b, "apply")  # the holder keeps the lock until release-TuningJob exists
     assert blocked.returncode == 4, blocked.stdout + blocked.stderr
     assert f"held by pid {holder.pid}" in blocked.stdout + blocked.stderr
+    (a / "release-TuningJob").touch()
     out, err = holder.communicate(timeout=60)
     assert "EXIT 0" in out, err
     waited = apply_in_process(b)  # the lock is free again and the work is done
@@ -332,7 +336,7 @@ def test_an_evaluation_on_a_second_machine_fetches_its_model_from_s3(ray_project
     from llmops_engine.evaluation.contenders import Contender
     from llmops_engine.evaluation.runner import run_on_cluster
     from llmops_engine.specs.evaluation import Generation
-    from llmops_engine.state.artifacts import node_cache_dir
+    from llmops_engine.state.stores import node_cache_dir
     from tests.eval_helpers import DATASET, PROMPT, ROWS, TEMPLATE, make_context, resource, train_tiny
 
     monkeypatch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)

@@ -1,10 +1,11 @@
 """The Deployment controller against a real Ray Serve on 127.0.0.1, served model included.
 
 One application is shared by the whole module, and the tests run in file order as one
-story: first version → OpenAI API → canary promotion under load → failed canary under
-load → unloadable version → blue-green under load → rollback → rolling → drift restore;
-until the app is deleted by hand, no replica was ever restarted (every change was a
-user_config update).
+story: first version → OpenAI API through the project's gateway → canary promotion under
+load → failed canary under load → unloadable version → blue-green under load → rollback →
+rolling → drift restore (until the app is deleted by hand, no replica was ever restarted:
+every change was a user_config update) → a second deployment behind the same gateway →
+hostile HTTP clients (disconnects, slow bodies) → delete.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import secrets
 import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -23,25 +25,34 @@ from llmops_engine.controllers.base import ApplyContext
 from llmops_engine.controllers.deployment import DeploymentController
 from llmops_engine.errors import RolloutFailed
 from llmops_engine.project import Project, ServeSettings
-from llmops_engine.serving.deploy import open_cluster, rollback
+from llmops_engine.serving.config import GATEWAY_APP
+from llmops_engine.serving.deploy import open_cluster, rollback, undeploy
 from llmops_engine.serving.logs import read_logs
 from llmops_engine.serving.rest import http_options
 from llmops_engine.specs import KINDS, Metadata
 from llmops_engine.specs.resource import Resource
-from llmops_engine.state.artifacts import open_store
+from llmops_engine.state.stores import open_store
 from llmops_engine.state.records import ResourceRecord
 
 pytestmark = pytest.mark.slow
 
 APP = "support-api"
+OTHER = "geo-api"  # the second deployment of the project
 KEYS_ENV = "LLMOPS_TEST_SERVE_KEYS"
+OTHER_KEYS_ENV = "LLMOPS_TEST_SERVE_OTHER_KEYS"
 API_KEY = "sk-test-" + secrets.token_hex(8)
+OTHER_KEY = "sk-other-" + secrets.token_hex(8)
+BODY_TIMEOUT_S = 2
 TEMPLATE = {"system": None, "template": "### Question:\n{instruction}\n### Context:\n{input}\n### Answer:\n",
             "template_no_input": "### Question:\n{instruction}\n### Answer:\n"}
 FAST = {"window_s": 1.5, "max_error_rate": 0.05, "min_requests": 3}
 
 
-def _free_port() -> int:
+def _serve_port(project: Project) -> int:
+    """Serve's HTTP proxy is one per cluster: reuse its port when another module started it."""
+    details = open_cluster(project).details()
+    if details.get("applications") and (details.get("http_options") or {}).get("port"):
+        return int(details["http_options"]["port"])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -94,10 +105,13 @@ class Harness:
             self.store.publish(fingerprint, staging)
         return fingerprint
 
-    def apply(self, model_fp: str, controller: DeploymentController | None = None, **spec) -> dict:
-        deployment = _resource("Deployment", APP, **{
+    def apply(self, model_fp: str, controller: DeploymentController | None = None, name: str = APP,
+              keys_env: str = KEYS_ENV, **spec) -> dict:
+        deployment = _resource("Deployment", name, **{
             "model": "support-qlora", "prompt": "support-answer", "gate": "support-gate",
-            "auth": {"api_keys_env": KEYS_ENV}, "limits": {"max_new_tokens": 16, "max_prompt_tokens": 96, "max_body_bytes": 4096},
+            "auth": {"api_keys_env": keys_env},
+            "limits": {"max_new_tokens": 16, "max_prompt_tokens": 96, "max_body_bytes": 4096,
+                       "body_timeout_s": BODY_TIMEOUT_S},
             "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}, **spec})
         spec_fp = hashlib.sha256(json.dumps([model_fp, deployment.normalized_spec()], sort_keys=True).encode()).hexdigest()
         resources = {deployment.key: deployment}
@@ -113,15 +127,19 @@ class Harness:
             self.store.discard(staging)
             raise
         self.store.publish(spec_fp, staging)
-        self.store.write_record(ResourceRecord(kind="Deployment", name=APP, fingerprint=spec_fp,
+        self.store.write_record(ResourceRecord(kind="Deployment", name=name, fingerprint=spec_fp,
                                                spec=deployment.normalized_spec(), outputs=outputs))
         return outputs
 
-    def record(self) -> ResourceRecord:
-        return self.store.read_records()[f"Deployment/{APP}"]
+    def record(self, name: str = APP) -> ResourceRecord:
+        return self.store.read_records()[f"Deployment/{name}"]
 
-    def observe(self) -> str | None:
-        return DeploymentController().observe(self.record(), self.project)
+    def observe(self, name: str = APP) -> str | None:
+        return DeploymentController().observe(self.record(name), self.project)
+
+    def delete(self, name: str) -> None:
+        ctx = ApplyContext(self.project, self.store, {}, {}, {}, lambda line: None)
+        DeploymentController().delete(self.record(name), ctx)
 
 
 class Load:
@@ -165,12 +183,14 @@ class Load:
 
 @pytest.fixture(scope="module")
 def live(ray_project, monkeypatch_module):
-    port = _free_port()
+    port = _serve_port(ray_project)
     project = Project(ray_project.root, ray_project.settings.model_copy(update={"serve": ServeSettings(port=port)}))
     monkeypatch_module.setenv(KEYS_ENV, f"sk-other,{API_KEY}")
+    monkeypatch_module.setenv(OTHER_KEYS_ENV, OTHER_KEY)
     harness = Harness(project, f"http://127.0.0.1:{port}/v1")
     yield harness
-    open_cluster(project).delete_application(APP, http_options("127.0.0.1", port))
+    for name in (OTHER, APP):
+        undeploy(project, name)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +202,11 @@ def monkeypatch_module():
 @pytest.fixture(scope="module")
 def versions(live):
     return {tag: live.model(tag) for tag in ("v1", "v2", "v3")}
+
+
+def _served_version(url: str, key: str = API_KEY, model: str = APP) -> str | None:
+    listed = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+    return next(m["version"] for m in listed if m["id"] == model)
 
 
 def _replicas(project: Project) -> set[str]:
@@ -230,13 +255,20 @@ def test_first_version_serves_the_openai_api(live, versions):
     missing = httpx.post(f"{live.url}/completions", json={"model": APP, "prompt": "hi"})
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
     root = live.url.removesuffix("/v1")
-    assert httpx.get(f"{root}/healthz").json()["model_version"] == versions["v1"][:12]
+    assert httpx.get(f"{root}/healthz").json() == {"status": "ok"}  # the gateway's: it names no deployment
+    assert _served_version(live.url) == versions["v1"][:12]
     metrics = httpx.get(f"{root}/metrics").text
     assert f'llmops_requests_total{{deployment="{APP}",model_version="{versions["v1"][:12]}",endpoint="chat",status="200"}} 2' in metrics
     assert "llmops_request_latency_seconds_bucket" in metrics and 'kind="completion"' in metrics
+    # unauthenticated attempts are counted, never logged (anonymous clients cannot grow the log)
+    assert 'llmops_unauthenticated_requests_total{endpoint="models"} 1' in metrics
+    assert 'llmops_unauthenticated_requests_total{endpoint="completions"} 1' in metrics
+    assert 'status="401"' not in metrics
 
     entries = read_logs(live.project, APP, limit=100)
-    assert {e["status"] for e in entries} >= {200, 400, 401, 404, 413}
+    assert {e["status"] for e in entries} == {200, 400}
+    # what the gateway could not attribute to a deployment (unknown model, too large) is its own
+    assert {e["status"] for e in read_logs(live.project, GATEWAY_APP, limit=100)} == {404, 413}
     assert all("request" not in e for e in entries)  # no payloads unless log_payloads
     ok = [e for e in entries if e["status"] == 200]
     assert ok[0]["model_version"] == versions["v1"][:12] and ok[0]["completion_tokens"] > 0
@@ -291,7 +323,7 @@ def test_rollback_returns_to_the_previous_version(live, versions):
         outputs = rollback(live.project, APP, report=lambda line: None)
     assert load.failures() == []
     assert outputs["model_fingerprint"] == versions["v2"] and outputs["previous_model_fingerprint"] == versions["v3"]
-    assert httpx.get(live.url.removesuffix("/v1") + "/healthz").json()["model_version"] == versions["v2"][:12]
+    assert _served_version(live.url) == versions["v2"][:12]
     assert live.observe() is None and "rolled back" in live.record().message
 
 
@@ -328,10 +360,109 @@ def test_drift_is_seen_and_apply_restores_it(live, versions, monkeypatch):
     assert "is missing" in live.observe()
     live.apply(versions["v1"], rollout={"strategy": "rolling"})
     assert live.observe() is None
-    assert httpx.get(live.url.removesuffix("/v1") + "/healthz").json()["model_version"] == versions["v1"][:12]
+    assert _served_version(live.url, key="sk-rotated") == versions["v1"][:12]
+
+
+QUESTION = [{"role": "user", "content": "Where is my invoice?"}]
+
+
+def _ask(url: str, key: str, model: str) -> httpx.Response:
+    return httpx.post(f"{url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                      json={"model": model, "max_tokens": 4, "messages": QUESTION})
+
+
+def test_two_deployments_behind_one_gateway(live, versions):
+    import openai
+
+    live.apply(versions["v1"], rollout={"strategy": "rolling"})  # the module's keys again (drift test rotated them)
+    outputs = live.apply(versions["v2"], name=OTHER, keys_env=OTHER_KEYS_ENV, route_prefix="/geo")
+    own = live.url.removesuffix("/v1") + "/geo/v1"
+    assert outputs["endpoint"] == live.url and outputs["model_id"] == OTHER and outputs["own_endpoint"] == own
+    assert live.observe(OTHER) is None and live.observe() is None
+
+    mine = openai.OpenAI(base_url=live.url, api_key=API_KEY, max_retries=0)
+    theirs = openai.OpenAI(base_url=live.url, api_key=OTHER_KEY, max_retries=0)
+    assert [m.id for m in mine.models.list().data] == [APP]  # each key sees only its own deployments
+    assert [m.id for m in theirs.models.list().data] == [OTHER]
+    answer = theirs.chat.completions.create(model=OTHER, messages=QUESTION, max_tokens=4)
+    assert answer.model == OTHER and answer.usage.completion_tokens > 0
+    with pytest.raises(openai.PermissionDeniedError):  # a key of one deployment never opens another
+        mine.chat.completions.create(model=OTHER, messages=QUESTION, max_tokens=4)
+
+    assert _ask(live.url, API_KEY, APP).headers["x-model-version"] == versions["v1"][:12]
+    assert _ask(live.url, OTHER_KEY, OTHER).headers["x-model-version"] == versions["v2"][:12]
+    by_version = _ask(live.url, OTHER_KEY, versions["v2"][:12])  # the model id it advertises selects it too
+    assert by_version.headers["x-model-version"] == versions["v2"][:12]
+    refused = _ask(live.url, OTHER_KEY, APP)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_permitted"
+    unknown = _ask(live.url, OTHER_KEY, "gpt-4")
+    assert unknown.status_code == 404 and APP not in unknown.json()["error"]["message"]
+    assert _ask(own, OTHER_KEY, OTHER).status_code == 200  # its explicit route_prefix serves it too
+    assert _ask(own, API_KEY, OTHER).status_code == 401
+    assert {e["status"] for e in read_logs(live.project, OTHER, limit=50)} == {200}
+
+    with Load(live.url, clients=2) as load:
+        live.delete(OTHER)
+    assert load.failures() == [] and load.versions() == {versions["v1"][:12]}
+    assert [m.id for m in mine.models.list().data] == [APP]
+    assert _ask(live.url, OTHER_KEY, OTHER).status_code == 401  # its key opens nothing any more
+    assert _ask(own, OTHER_KEY, OTHER).status_code == 404  # its prefix is gone (the gateway answers)
+    assert "is missing" in live.observe(OTHER) and live.observe() is None
+
+
+def test_client_disconnects_are_499_and_never_count_against_a_version(live):
+    from ray import serve
+
+    ingress = serve.get_deployment_handle("ingress", app_name=APP)
+    start = ingress.outcomes_since.remote(float("inf")).result(timeout_s=30)["sequence"]
+    began, address = time.time(), urlsplit(live.url)
+    body = json.dumps({"model": APP, "max_tokens": 16, "prompt": ["Tell me about invoices"] * 16}).encode()
+    request = (f"POST /v1/completions HTTP/1.1\r\nHost: {address.hostname}\r\nAuthorization: Bearer {API_KEY}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with Load(live.url, clients=4):  # a busy slot: the dropped requests are still queued or generating
+        for _ in range(4):
+            with socket.create_connection((address.hostname, address.port)) as sock:
+                sock.sendall(request)
+                time.sleep(0.1)  # sent; gone before the answer
+        time.sleep(3)
+    logged = [e for name in (APP, GATEWAY_APP) for e in read_logs(live.project, name, limit=500) if e["time"] >= began]
+    dropped = [(e["deployment"], e["status"], e["latency_ms"]) for e in logged if e["endpoint"] == "completions"]
+    # Each is logged once, as 499 (or 200 if it finished first); one Serve cancelled before it
+    # reached the gateway is not logged at all. A client that left is never a server error.
+    assert len(dropped) <= 4 and {status for _, status, _ in dropped} <= {200, 499}, dropped
+    assert (APP, 499) in {(name, status) for name, status, _ in dropped}, dropped  # gone while its slot worked
+    assert not [e for e in logged if e["status"] >= 500]
+    outcomes = ingress.outcomes_since.remote(start).result(timeout_s=30)["slots"]
+    assert outcomes and all(ok for samples in outcomes.values() for _, ok, _ in samples)
+    assert 'endpoint="completions",status="499"}' in httpx.get(live.url.removesuffix("/v1") + "/metrics").text
+
+
+def test_a_slow_body_times_out_with_408(live):
+    address = urlsplit(live.url)
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {address.hostname}\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    response, started = b"", time.monotonic()
+    with socket.create_connection((address.hostname, address.port)) as sock:
+        sock.sendall(head.encode() + b'{"model": ')
+        sock.settimeout(0.5)
+        while time.monotonic() - started < BODY_TIMEOUT_S + 20 and b"request_timeout" not in response:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                sock.sendall(b" ")  # a byte every half second: slow, never done
+                continue
+            if not chunk:
+                break
+            response += chunk
+    elapsed = time.monotonic() - started
+    assert response.startswith(b"HTTP/1.1 408"), response[:200]
+    assert b'"code":"request_timeout"' in response and elapsed < BODY_TIMEOUT_S + 5
+    assert 408 in {e["status"] for e in read_logs(live.project, GATEWAY_APP, limit=100)}
+    assert _ask(live.url, API_KEY, APP).status_code == 200
 
 
 def test_delete_removes_the_app(live):
-    ctx = ApplyContext(live.project, live.store, {}, {}, {}, lambda line: None)
-    DeploymentController().delete(live.record(), ctx)
+    live.delete(APP)
     assert "is missing" in live.observe()
+    gateway = (open_cluster(live.project).details().get("applications") or {}).get(GATEWAY_APP) or {}
+    assert gateway.get("status") in (None, "DELETING")  # no routes left, so no gateway

@@ -12,8 +12,10 @@ import pytest
 from llmops_engine.errors import DeploymentError, GateFailed, LLMOpsError
 from llmops_engine.project import Project, ProjectSettings
 from llmops_engine.serving import logs
+from llmops_engine.serving.access import MISSING_KEY, access_of, select
 from llmops_engine.serving.config import (
-    IMPORT_PATH, SLOTS, AppSettings, ModelRef, Routing, app_config, config_digest, hash_key, routing_of,
+    GATEWAY_IMPORT_PATH, IMPORT_PATH, SLOTS, AppSettings, ModelRef, Routing, app_config, config_digest,
+    gateway_config, gateway_entries_of, gateway_entry, hash_key, routing_of,
 )
 from llmops_engine.serving.deploy import key_hashes
 from llmops_engine.serving.metrics import Metrics
@@ -29,7 +31,7 @@ def spec(**overrides) -> dict:
 
 
 def settings(**overrides) -> AppSettings:
-    return AppSettings("api", "/", spec(**overrides), [hash_key("k1")], "/tmp/log.jsonl")
+    return AppSettings("api", None, spec(**overrides), [hash_key("k1")], "/tmp/log.jsonl")
 
 
 def test_application_shape_never_changes_so_serve_never_rebuilds_it():
@@ -65,7 +67,7 @@ def test_key_hashes_never_carry_the_key(monkeypatch):
     monkeypatch.setenv("SERVE_KEYS", " sk-one , sk-two,")
     hashes = key_hashes(spec(auth={"api_keys_env": "SERVE_KEYS"}))
     assert hashes == [hash_key("sk-one"), hash_key("sk-two")]
-    assert "sk-one" not in json.dumps(app_config(AppSettings("a", "/", spec(), hashes, "/x"), Routing()))
+    assert "sk-one" not in json.dumps(app_config(AppSettings("a", None, spec(), hashes, "/x"), Routing()))
     assert key_hashes(spec()) is None
     monkeypatch.delenv("SERVE_KEYS")
     with pytest.raises(DeploymentError, match=r"\$SERVE_KEYS"):
@@ -124,6 +126,30 @@ def test_metrics_exposition_has_counters_and_a_cumulative_histogram():
     assert 'llmops_tokens_total{deployment="api",model_version="v1",kind="completion"} 8' in text
 
 
+def test_unauthenticated_requests_are_a_counter():
+    metrics = Metrics()
+    metrics.observe_unauthenticated("chat")
+    metrics.observe_unauthenticated("chat")
+    text = metrics.render()
+    assert 'llmops_unauthenticated_requests_total{endpoint="chat"} 2' in text
+    assert "llmops_requests_total{" not in text
+
+
+def test_request_log_rotates_by_size_and_is_read_across_files(tmp_path):
+    project = Project(tmp_path, ProjectSettings())
+    path = logs.log_path(project, "api")
+    line = len(json.dumps({"id": "000", "status": 200}, separators=(",", ":"))) + 1
+    for i in range(20):  # 4 lines fit a file, so 20 lines fill five files; keep=2 keeps three
+        logs.append(path, {"id": f"{i:03d}", "status": 200}, max_bytes=4 * line, keep=2)
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["api.jsonl", "api.jsonl.1", "api.jsonl.2"]
+    assert all(p.stat().st_size <= 4 * line for p in path.parent.iterdir())
+    assert [e["id"] for e in logs._tail(logs.rotated(path, 2), 10)] == ["008", "009", "010", "011"]
+    # `llmops logs` reads newest first across the rotation, only as far back as it needs
+    assert [e["id"] for e in logs.read_logs(project, "api", limit=6)] == ["014", "015", "016", "017", "018", "019"]
+    assert len(logs.read_logs(project, "api", limit=100)) == 12
+
+
 def test_request_log_tail(tmp_path):
     project = Project(tmp_path, ProjectSettings())
     with pytest.raises(LLMOpsError, match="no request log"):
@@ -162,3 +188,86 @@ def test_controller_module_is_import_light():
             "print(sorted(m for m in ('ray', 'torch', 'transformers', 'fastapi') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_gateway_application_only_changes_its_user_config():
+    a = gateway_entry(settings(), "aaaaaaaaaaaa")
+    b = gateway_entry(AppSettings("other", "/other", spec(), None, "/tmp/o.jsonl"), None)
+    one, two = gateway_config({"api": a}, "/tmp/g.jsonl"), gateway_config({"api": a, "other": b}, "/tmp/g.jsonl")
+    for key in ("import_path", "runtime_env", "args", "name", "route_prefix"):
+        assert one[key] == two[key]
+    assert one["import_path"] == GATEWAY_IMPORT_PATH and one["route_prefix"] == "/"
+    assert a["model_ids"] == ["api", "aaaaaaaaaaaa"] and b["model_ids"] == ["other"]
+    assert a["api_key_sha256"] == [hash_key("k1")] and b["api_key_sha256"] is None
+    assert gateway_entries_of(json.loads(json.dumps(two))) == {"api": a, "other": b}
+    assert gateway_entries_of(None) == {}
+    assert app_config(settings(), Routing())["route_prefix"] is None  # reached through the gateway only
+
+
+def _entry(keys, model_ids):
+    return {"api_key_sha256": None if keys is None else [hash_key(k) for k in keys], "model_ids": model_ids}
+
+
+# Two keyed deployments, one open one; "v1" is a model version both keyed ones serve.
+ENTRIES = {"a": _entry(["ka", "shared"], ["a", "v1", "va"]), "b": _entry(["kb", "shared"], ["b", "v1"]),
+           "pub": _entry(None, ["pub"])}
+
+
+@pytest.mark.parametrize(
+    "key, model, status, answer",
+    [
+        ("ka", "a", 200, "a"),                    # own deployment by name
+        ("ka", "va", 200, "a"),                   # ... or by the model id it advertises
+        ("ka", "b", 403, "may not use model 'b'"),  # a key of A never opens B
+        ("kb", "a", 403, "may not use model 'a'"),
+        ("kb", "b", 200, "b"),
+        ("ka", "v1", 200, "a"),                   # a shared version id: the one the key may use
+        ("shared", "v1", 400, "use a deployment name"),  # ... ambiguous when it may use both
+        ("shared", "b", 200, "b"),
+        ("ka", "gpt-4", 404, "use one of: a, pub"),  # unknown: lists only what this key may use
+        ("ka", "pub", 200, "pub"),                # open deployments are open to every caller
+        (None, "pub", 200, "pub"),
+        (None, "a", 401, "invalid or missing API key"),
+        ("wrong", "a", 401, "invalid or missing API key"),
+        ("wrong", "gpt-4", 404, "use one of: pub"),
+    ],
+)
+def test_gateway_routing_and_auth(key, model, status, answer):
+    access = access_of(ENTRIES, f"Bearer {key}" if key else "")
+    if status == 200:
+        assert select(ENTRIES, access, model) == answer
+        return
+    with pytest.raises(APIError) as refused:
+        select(ENTRIES, access, model)
+    assert refused.value.status == status and answer in refused.value.message
+    assert set(refused.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_key_valid_for_no_deployment_learns_nothing():
+    keyed = {name: entry for name, entry in ENTRIES.items() if name != "pub"}
+    for header in ("", "Bearer wrong", "Basic a2E=", "Bearer "):
+        access = access_of(keyed, header)
+        assert access.names == ()
+        for model in ("a", "b", "v1", "nope"):  # existing or not: the same 401
+            with pytest.raises(APIError) as refused:
+                select(keyed, access, model)
+            assert refused.value.status == 401 and refused.value.message == MISSING_KEY
+    assert access_of(keyed, "bearer ka").names == ("a",)  # the scheme is case-insensitive
+
+
+@pytest.mark.parametrize("body, answer", [
+    (b'{"model": "a", "prompt": "hi"}', "a"),
+    (b"not json", "400 invalid_json"),
+    (b"[" * 60000, "400 invalid_json"),  # nesting deeper than the parser's recursion limit
+    (b'["a"]', "400 invalid_request"),
+    (b'{"model": 5}', "400 invalid_request"),
+    (b'{"prompt": "hi"}', "400 invalid_request"),
+])
+def test_the_gateway_reads_only_model_and_refuses_bodies_without_one(body, answer):
+    from llmops_engine.serving.gateway import requested_model
+
+    try:
+        got = requested_model(body)
+    except APIError as exc:
+        got = f"{exc.status} {exc.code}"
+    assert got == answer

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import DeploymentError, GateFailed, LLMOpsError
+from ..errors import DeploymentError, GateFailed, LiveStateUnknown, LLMOpsError
 from ..project import Project
 from ..specs.resource import Resource
 from ..state.records import ResourceRecord
@@ -48,7 +48,10 @@ class DeploymentController(BaseController):
             "model_version": fingerprint[:12],
             "previous_model_fingerprint": previous,
             "previous_model_version": previous[:12] if previous else None,
-            "endpoint": endpoint(ctx.project, resource.spec.route_prefix),
+            # The gateway's base URL; `model_id` in a request selects this deployment there.
+            "endpoint": endpoint(ctx.project),
+            "model_id": resource.name,
+            "own_endpoint": endpoint(ctx.project, resource.spec.route_prefix) if resource.spec.route_prefix else None,
             "app": resource.name,
             "slot": outcome.routing.primary,
             "strategy": resource.spec.rollout.strategy,
@@ -58,25 +61,24 @@ class DeploymentController(BaseController):
         }
 
     def delete(self, record: ResourceRecord, ctx: ApplyContext) -> None:
-        from ..serving.deploy import open_cluster
-        from ..serving.rest import http_options
+        from ..serving.deploy import undeploy
 
-        serve = ctx.project.settings.serve
-        open_cluster(ctx.project).delete_application(record.name, http_options(serve.host, serve.port))
+        undeploy(ctx.project, record.name)
 
     def observe(self, record: ResourceRecord, project: Project) -> str | None:
         """Compare the live Serve application with what apply left (plain HTTP, no Ray)."""
         from .. import raycluster
-        from ..serving.config import config_digest, routing_of
+        from ..serving.config import GATEWAY_APP, config_digest, gateway_entries_of, routing_of
         from ..serving.rest import Dashboard
 
         url = os.environ.get("RAY_DASHBOARD_URL") or record.outputs.get("dashboard_url")
         if not url:
             return None
         try:
-            live = Dashboard(url, raycluster.dashboard_headers(project), timeout_s=5).application(record.name)
+            apps = Dashboard(url, raycluster.dashboard_headers(project), timeout_s=5).details().get("applications") or {}
         except LLMOpsError as exc:
-            return f"live app unreachable: {str(exc).splitlines()[0]}"
+            raise LiveStateUnknown(f"the Ray dashboard at {url} is not reachable") from exc
+        live = apps.get(record.name)
         if live is None or not live.get("deployed_app_config"):
             return f"live app '{record.name}' is missing"
         config = live["deployed_app_config"]
@@ -86,6 +88,9 @@ class DeploymentController(BaseController):
             return f"live app differs: serves model version {routing.live_version}, expected {expected}"
         if _keys_changed(record, config):
             return f"live app differs: the API keys in ${record.spec['auth']['api_keys_env']} changed"
+        routed = gateway_entries_of((apps.get(GATEWAY_APP) or {}).get("deployed_app_config")).get(record.name)
+        if routed is None or expected not in routed.get("model_ids", ()):
+            return f"live app differs: the gateway does not route '{record.name}' (model version {expected})"
         if config_digest(config) != record.outputs.get("serve_config_digest"):
             return "live app differs: its Serve config was changed outside llmops"
         return None

@@ -84,10 +84,7 @@ def _gate_failed(resource: Resource, outcome: Outcome, report_dir: Path, shared_
         *[f"note: {n}" for n in outcome.notes],
         f"Report: {report_dir / 'report.md'}" + (f" (shared copy: {shared_url})" if shared_url else ""),
     ]
-    error = GateFailed("\n".join(lines))
-    error.table = gate_table  # for the CLI: staging (and its report) is discarded on failure
-    error.report_dir = report_dir
-    return error
+    return GateFailed("\n".join(lines), table=gate_table, report_dir=report_dir)
 
 
 def _outputs(outcome: Outcome) -> Outputs:

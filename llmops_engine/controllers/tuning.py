@@ -159,7 +159,7 @@ def _lineage(resource, ctx, base, prompt_spec, fingerprint: str, cap) -> dict:
     return {
         "resource": resource.key,
         "fingerprint": fingerprint,
-        "base_model": {"ref": base.ref, "hash": base.hash},
+        "base_model": {"ref": base.ref, "hash": base.hash, **base.source},
         "dataset": {"resource": dataset_key, "fingerprint": ctx.fingerprint(dataset_key), "content_hash": dataset_hash},
         "prompt": {"resource": f"Prompt/{resource.spec.prompt}", "template_hash": prompt_spec.template_hash()},
         "seed": resource.spec.training.seed,

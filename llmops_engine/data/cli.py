@@ -56,7 +56,7 @@ def _build(name: str, project_dir: Path | None):
     from .pipeline import build as build_dataset
 
     project = load_project(project_dir)
-    resources = {r.key: r for r in load_resources(project.root, project.settings.spec_dirs)}
+    resources = {r.key: r for r in load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)}
     resource = resources.get(f"Dataset/{name}")
     if resource is None:
         known = ", ".join(sorted(k.split("/", 1)[1] for k in resources if k.startswith("Dataset/"))) or "none"

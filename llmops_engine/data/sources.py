@@ -3,7 +3,7 @@
 Every reader yields one row at a time, so memory does not grow with the file: JSONL is
 read line by line, CSV with the csv module, Parquet one record batch at a time. A glob
 is expanded in sorted order, so the row order (which `dedupe` keeps first) is the same
-on every machine.
+on every machine, and by `paths.match_files`, so no match can lie outside the repository.
 """
 
 from __future__ import annotations
@@ -15,21 +15,20 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DataError
-from ..specs.base import is_glob
+from ..paths import match_files
 from ..specs.dataset import Source
 
 Row = dict
 
 
 def source_files(root: Path, source: Source) -> list[Path]:
-    """The files a source names, sorted; an error if there are none."""
-    if is_glob(source.path):
-        files = sorted(p for p in root.glob(source.path) if p.is_file())
-    else:
-        files = [root / source.path] if (root / source.path).is_file() else []
-    if not files:
+    """The files a source names, sorted; an error if there are none, or if any lies outside the repository."""
+    matches = match_files(root, source.path)
+    if matches.problem:
+        raise DataError(f"spec.source.path: {matches.problem}")
+    if not matches.files:
         raise DataError(f"source '{source.path}' matches no file under {root}; check spec.source.path")
-    return files
+    return list(matches.files)
 
 
 def read_rows(root: Path, source: Source) -> Iterator[Row]:

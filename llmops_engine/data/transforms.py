@@ -1,8 +1,10 @@
 """Declarative transforms: each spec entry becomes a generator stage over examples.
 
 No user string is ever evaluated; the only "code" a spec can carry is a regular
-expression. Stages stream (constant memory) except `dedupe`, which remembers a 16-byte
-digest per distinct key, and `sample`, which keeps the n chosen rows.
+expression, which `llmops validate` checks for catastrophic backtracking and which runs
+here under a per-row time limit for what that check cannot see. Stages stream (constant
+memory) except `dedupe`, which remembers a 16-byte digest per distinct key, and `sample`,
+which keeps the n chosen rows.
 
 Semantics, in the order written in the spec:
   strip_whitespace  {} = every field, or a list of fields; strips both ends.
@@ -22,12 +24,16 @@ import hashlib
 import heapq
 import json
 import re
+import signal
+import threading
 from typing import Any, Callable, Iterable, Iterator
 
+from ..errors import DataError
 from ..specs.dataset import EXAMPLE_FIELDS, FilterRegex, Sample, Transform
 from .examples import Example
 
 Stage = Callable[[Iterable[Example]], Iterator[Example]]
+REGEX_SECONDS_PER_ROW = 1.0  # a sane pattern takes microseconds per row; this only stops a runaway one
 
 
 def apply_transforms(rows: Iterable[Example], transforms: list[Transform]) -> Iterator[Example]:
@@ -79,10 +85,51 @@ def min_chars(rows: Iterable[Example], limits: dict[str, int]) -> Iterator[Examp
 
 def filter_regex(rows: Iterable[Example], rule: FilterRegex) -> Iterator[Example]:
     pattern = re.compile(rule.pattern)
-    for row in rows:
-        matched = pattern.search(row.get(rule.column) or "") is not None
+    search = _time_limited_search if _alarm_is_free() else _search
+    for number, row in enumerate(rows, start=1):
+        try:
+            matched = search(pattern, row.get(rule.column) or "") is not None
+        except _Overrun:
+            raise DataError(
+                f"filter_regex '{rule.pattern}' ran longer than {REGEX_SECONDS_PER_ROW:g} s on row {number} "
+                f"({rule.column}); the pattern backtracks catastrophically on this text, simplify it"
+            ) from None
         if matched == rule.keep:
             yield row
+
+
+class _Overrun(Exception):
+    """A regex search ran past REGEX_SECONDS_PER_ROW; filter_regex turns it into a DataError."""
+
+
+def _alarm_is_free() -> bool:
+    """SIGALRM can bound a search only in the main thread, and only if nobody else uses it."""
+    return (
+        hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
+        and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    )
+
+
+def _search(pattern: re.Pattern, text: str) -> re.Match | None:
+    return pattern.search(text)
+
+
+def _time_limited_search(pattern: re.Pattern, text: str) -> re.Match | None:
+    """Search, raising _Overrun past the limit: CPython's regex engine checks for signals as it
+    backtracks, so the alarm's handler interrupts even a runaway match."""
+    previous = signal.signal(signal.SIGALRM, _raise_overrun)
+    signal.setitimer(signal.ITIMER_REAL, REGEX_SECONDS_PER_ROW)
+    try:
+        return pattern.search(text)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _raise_overrun(signum, frame) -> None:
+    raise _Overrun()
 
 
 def sample(rows: Iterable[Example], rule: Sample) -> Iterator[Example]:

@@ -103,7 +103,7 @@ def score_contenders(
 
 def _load(contender: Contender, device: str, store_root: Path):
     from ..models import load_base, load_trained
-    from ..state.artifacts import object_on_this_node
+    from ..state.stores import object_on_this_node
 
     if contender.model_dir is not None:
         return load_trained(object_on_this_node(contender.store_url, contender.label, contender.model_dir), device=device)

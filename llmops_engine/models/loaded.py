@@ -3,7 +3,7 @@
     load_trained(model_dir)        a TuningJob artifact directory (adapter/ or model/)
     load_base(ref, store_root)     an untuned base model (the evaluation baseline)
 
-`LoadedModel.generate` is batched with left padding and stops each row at EOS;
+`LoadedModel.generate` is batched with left padding, stops each row at EOS and refuses empty prompts;
 `LoadedModel.loss` scores given responses (prompt tokens masked), for perplexity-style metrics.
 """
 
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .loading import ModelLoadError, resolve_base
+from ..errors import ModelLoadError
+from .loading import resolve_base
+from .tokenizer import ensure_pad_token
 
 
 @dataclass(frozen=True)
@@ -25,18 +27,21 @@ class Generation:
     finish_reason: Literal["stop", "length"]
 
 
-def bnb_config(quantization: dict):
+def bnb_config(quantization: dict, device: str = "cpu"):
     """BitsAndBytesConfig from the spec's quantization block (as stored in model.json)."""
     import torch
     from transformers import BitsAndBytesConfig
 
+    from .precision import compute_dtype_name
+
     if quantization["bits"] == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
+    compute_dtype = compute_dtype_name(quantization.get("compute_dtype", "float32"), device)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quantization.get("type", "nf4"),
         bnb_4bit_use_double_quant=quantization.get("double_quant", True),
-        bnb_4bit_compute_dtype=getattr(torch, quantization.get("compute_dtype", "float32")),
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
     )
 
 
@@ -47,7 +52,7 @@ def load_causal_lm(path: Path, quantization: dict | None = None, device: str = "
 
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if quantization:
-        kwargs["quantization_config"] = bnb_config(quantization)
+        kwargs["quantization_config"] = bnb_config(quantization, device)
         kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -59,11 +64,11 @@ def load_causal_lm(path: Path, quantization: dict | None = None, device: str = "
 class LoadedModel:
     def __init__(self, model, tokenizer, version: str, template: dict | None = None, device: str = "cpu"):
         self.model = model.eval()
-        self.tokenizer = tokenizer
+        self.tokenizer = ensure_pad_token(tokenizer)  # tuned or base, hub tokenizers may lack one
         self.version = version
         self.template = template
         self.device = device
-        self.tokenizer.padding_side = "left"
+        self.tokenizer.padding_side = "left"  # generation continues each row from its last real token
 
     # prompts -------------------------------------------------------------------
     def render(self, instruction: str, input: str = "") -> str:
@@ -93,6 +98,11 @@ class LoadedModel:
             return []
         eos = self.tokenizer.eos_token_id
         batch = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.device)
+        empty = [row for row, length in enumerate(batch["attention_mask"].sum(dim=1).tolist()) if length == 0]
+        if empty:
+            # An empty sequence crashes bitsandbytes' CPU 4-bit kernel with SIGFPE (the whole
+            # process, not an exception), and elsewhere it generates from nothing.
+            raise ValueError(f"prompts {empty} are empty: generation needs at least one prompt token")
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
         torch.manual_seed(seed)
         with torch.inference_mode():
@@ -142,7 +152,7 @@ def _store_root_of(model_dir: Path) -> Path:
     return model_dir.resolve().parent.parent
 
 
-def load_trained(model_dir: Path, device: str = "cpu", prefer_merged: bool = False) -> LoadedModel:
+def load_trained(model_dir: Path, device: str = "cpu") -> LoadedModel:
     """A TuningJob artifact directory, ready for inference."""
     from transformers import AutoTokenizer
 
@@ -157,8 +167,6 @@ def load_trained(model_dir: Path, device: str = "cpu", prefer_merged: bool = Fal
 
     if (model_dir / "model").is_dir():  # method full: complete weights
         model = load_causal_lm(model_dir / "model", device=device)
-    elif prefer_merged and (model_dir / "merged").is_dir():
-        model = load_causal_lm(model_dir / "merged", device=device)
     else:
         model = _base_with_adapter(model_dir, meta, device)
     return LoadedModel(model, tokenizer, meta["version"], template, device)
@@ -184,6 +192,4 @@ def load_base(ref: str, store_root: Path, device: str = "cpu", root: Path | None
 
     base = resolve_base(ref, Path(store_root), root)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    if tokenizer.pad_token is None:  # many hub tokenizers ship without one
-        tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(load_causal_lm(base.path, device=device), tokenizer, f"base:{base.hash[:12]}", None, device)

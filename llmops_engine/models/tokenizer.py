@@ -57,3 +57,15 @@ def build_byte_tokenizer():
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def ensure_pad_token(tokenizer):
+    """Give a tokenizer without a pad token (common for BPE checkpoints) EOS as its pad.
+
+    EOS rather than a new token: a new token would need a new embedding row the base model
+    never learned. It is safe because every batch carries an attention mask and padded
+    label positions are ignored, so the model never attends to or learns from padding.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

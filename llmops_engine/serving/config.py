@@ -7,6 +7,11 @@ it: everything that varies — which model version a slot holds, the traffic wei
 limits, API-key hashes — is `user_config`, which Serve applies to running replicas by
 calling `reconfigure` (a lightweight update, no replica restart).
 
+One more application per project, the gateway (`llmops-gateway`, route "/"), is the HTTP
+front of all Deployments: its user_config maps each deployment to its app, key hashes and
+model ids, and it forwards requests to the chosen app's ingress through a Serve handle. A
+Deployment's own app is HTTP-exposed only when its spec sets an explicit `route_prefix`.
+
 This module is pure (no Ray, no I/O) so `plan`, `observe` and the tests can use it.
 """
 
@@ -17,7 +22,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..specs.deployment import GATEWAY_ROUTE
+
 IMPORT_PATH = "llmops_engine.serving.app:build"
+GATEWAY_IMPORT_PATH = "llmops_engine.serving.app:build_gateway"
+GATEWAY_APP = "llmops-gateway"
+GATEWAY = "gateway"
 INGRESS = "ingress"
 SLOTS = ("blue", "green")
 # Logical CPUs reserved per model replica. Fractional so that both slots (old and new
@@ -86,7 +96,7 @@ class AppSettings:
     """Everything besides routing that the application config is made of."""
 
     name: str
-    route_prefix: str
+    route_prefix: str | None  # None: reachable through the gateway only
     spec: dict[str, Any]  # the Deployment spec, normalized (model_dump(mode="json"))
     key_hashes: list[str] | None  # SHA-256 hex of each API key; None = open endpoint
     log_path: str
@@ -157,6 +167,50 @@ def _slot(spec: dict[str, Any], slot: str, model: ModelRef | None) -> dict[str, 
             "batching": batching,
         },
     }
+
+
+# the gateway ---------------------------------------------------------------------
+def gateway_entry(settings: AppSettings, model_version: str | None) -> dict[str, Any]:
+    """What the gateway knows of one deployment: where to send its requests, who may call
+    it (key hashes; None = open), which `model` values select it, and its HTTP limits."""
+    limits = settings.spec["limits"]
+    return {
+        "app": settings.name,
+        "model_ids": [settings.name] + ([model_version] if model_version else []),
+        "api_key_sha256": settings.key_hashes,
+        "max_body_bytes": limits["max_body_bytes"],
+        "body_timeout_s": limits["body_timeout_s"],
+        "log_path": settings.log_path,
+        "log_payloads": settings.spec["log_payloads"],
+    }
+
+
+def gateway_config(entries: dict[str, dict[str, Any]], log_path: str) -> dict[str, Any]:
+    """The gateway application; like a Deployment's app, only its user_config ever changes."""
+    return {
+        "name": GATEWAY_APP,
+        "route_prefix": GATEWAY_ROUTE,
+        "import_path": GATEWAY_IMPORT_PATH,
+        "args": {},
+        "runtime_env": {},
+        "logging_config": {"log_level": "WARNING", "enable_access_log": False},
+        "deployments": [{
+            "name": GATEWAY,
+            # One replica: it is async and only parses, checks and forwards.
+            "num_replicas": 1,
+            "max_ongoing_requests": INGRESS_MAX_ONGOING,
+            "ray_actor_options": {"num_cpus": 0.0},
+            "user_config": {"deployments": {name: entries[name] for name in sorted(entries)}, "log_path": log_path},
+        }],
+    }
+
+
+def gateway_entries_of(app: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The per-deployment entries of a deployed gateway config ({} when there is none)."""
+    for deployment in (app or {}).get("deployments", []):
+        if deployment["name"] == GATEWAY:
+            return dict((deployment.get("user_config") or {}).get("deployments") or {})
+    return {}
 
 
 def routing_of(app: dict[str, Any]) -> Routing:

@@ -14,14 +14,19 @@ from typing import Any, Callable
 
 from ..errors import DeploymentError, LLMOpsError
 from ..project import Project
-from ..state.artifacts import ArtifactStore, open_store
-from .config import AppSettings, ModelRef, app_config, config_digest, hash_key
+from ..state.artifacts import ArtifactStore
+from ..state.stores import open_store
+from .config import (
+    GATEWAY_APP, GATEWAY_ROUTE, AppSettings, ModelRef, app_config, config_digest, gateway_entries_of, gateway_entry,
+    hash_key,
+)
 from .logs import log_path
 from .rest import Dashboard, http_options
 from .rollout import Outcome, Rollout
 
 
-def endpoint(project: Project, route_prefix: str = "/") -> str:
+def endpoint(project: Project, route_prefix: str = GATEWAY_ROUTE) -> str:
+    """The OpenAI base URL: the gateway's (every deployment, `model` selects) by default."""
     serve = project.settings.serve
     return f"http://{serve.host}:{serve.port}{route_prefix.rstrip('/')}/v1"
 
@@ -42,7 +47,11 @@ def key_hashes(spec: dict[str, Any]) -> list[str] | None:
 
 
 def app_settings(project: Project, name: str, spec: dict[str, Any]) -> AppSettings:
-    return AppSettings(name=name, route_prefix=spec["route_prefix"], spec=spec, key_hashes=key_hashes(spec),
+    # Records written before the gateway existed say "/", which is the gateway's now.
+    prefix = spec.get("route_prefix")
+    limits = {"body_timeout_s": 10.0, **spec["limits"]}  # ditto: older records lack it
+    return AppSettings(name=name, route_prefix=None if prefix == GATEWAY_ROUTE else prefix,
+                       spec={**spec, "limits": limits}, key_hashes=key_hashes(spec),
                        log_path=str(log_path(project, name).resolve()))
 
 
@@ -59,12 +68,42 @@ def open_cluster(project: Project) -> Dashboard:
 def deploy(
     project: Project, name: str, spec: dict[str, Any], target: ModelRef, report: Callable[[str], None] = print,
 ) -> tuple[Outcome, dict[str, Any], Dashboard]:
-    """Make `target` the live version of application `name` per the spec's rollout strategy."""
+    """Make `target` the live version of application `name` per the spec's rollout strategy,
+    then route the gateway to it."""
     settings = app_settings(project, name, spec)
     dashboard = open_cluster(project)
-    serve = project.settings.serve
-    outcome = Rollout(dashboard, http_options(serve.host, serve.port), report).run(settings, target, spec["rollout"])
+    rollout = _rollout(project, dashboard, report)
+    outcome = rollout.run(settings, target, spec["rollout"])
+    entries = gateway_entries(dashboard)
+    entries[name] = gateway_entry(settings, outcome.routing.live_version)
+    rollout.publish(entries, _gateway_log(project))
     return outcome, app_config(settings, outcome.routing), dashboard
+
+
+def undeploy(project: Project, name: str) -> None:
+    """Take deployment `name` out of the gateway, then delete its application."""
+    dashboard = open_cluster(project)
+    rollout = _rollout(project, dashboard, lambda line: None)
+    entries = gateway_entries(dashboard)
+    if entries.pop(name, None) is not None:
+        rollout.publish(entries, _gateway_log(project))
+    dashboard.delete_application(name, rollout.http_options)
+
+
+def gateway_entries(dashboard: Dashboard) -> dict[str, dict[str, Any]]:
+    """The gateway's routes, less those of apps that no longer exist (deleted outside llmops)."""
+    apps = dashboard.details().get("applications") or {}
+    entries = gateway_entries_of((apps.get(GATEWAY_APP) or {}).get("deployed_app_config"))
+    return {name: entry for name, entry in entries.items() if entry["app"] in apps}
+
+
+def _rollout(project: Project, dashboard: Dashboard, report: Callable[[str], None]) -> Rollout:
+    serve = project.settings.serve
+    return Rollout(dashboard, http_options(serve.host, serve.port), report)
+
+
+def _gateway_log(project: Project) -> str:
+    return str(log_path(project, GATEWAY_APP).resolve())
 
 
 def rollback(

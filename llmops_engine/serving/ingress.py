@@ -1,32 +1,36 @@
-"""The ingress: the OpenAI-compatible HTTP API in front of the two model slots.
+"""The ingress of one Deployment: the OpenAI API in front of its two model slots.
 
 It splits traffic between the slots by the weights in its user_config, records per-slot
 outcomes (what canary analysis reads through a handle), and retries a request that
 failed on a non-primary slot on the primary one, so a bad canary costs clients nothing.
-Auth compares SHA-256 hashes of API keys in constant time; the keys never reach it.
+Only failures of the version count against it: a request's own 4xx and a client that
+went away are no evidence about the model.
+
+`respond` is the request path, transport-neutral: the project's gateway calls it through a
+streaming handle; when the spec sets an explicit `route_prefix`, this app also answers HTTP
+itself with the same HTTP front as the gateway (front.py). Auth compares SHA-256 hashes of
+API keys in constant time; the keys never reach it.
 
 No `from __future__ import annotations` here: FastAPI reads the route methods' annotations
 at runtime (a string "Request" would turn into a required query parameter).
 """
 
-import hashlib
-import hmac
 import random
 import re
 import time
-import uuid
 from collections import deque
-from typing import Any
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import TaskCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import logs
+from .access import MISSING_KEY, FrontError, bearer_key, key_matches
 from .config import SLOTS
-from .metrics import Metrics
+from .front import CLIENT_CLOSED, ClientGone, Front, read_body
 from .openai_api import (
     APIError, ChatRequest, CompletionRequest, chat_response, chat_stream, completion_response,
     completion_stream, validation_message,
@@ -58,7 +62,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 class Ingress:
     def __init__(self, blue, green) -> None:
         self.handles = {SLOTS[0]: blue, SLOTS[1]: green}
-        self.metrics = Metrics()
+        self.front = Front()
         self.outcomes: dict[str, deque] = {s: deque(maxlen=OUTCOME_HISTORY) for s in SLOTS}
         self.sequence = 0
         self.config: dict[str, Any] = {}
@@ -66,7 +70,7 @@ class Ingress:
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.config = config
 
-    # read by the engine through a handle (not HTTP) --------------------------------
+    # read by the engine and the gateway through a handle (not HTTP) -----------------
     async def routes(self) -> dict[str, Any]:
         return {"primary": self.config.get("primary"), "slots": self.config.get("slots")}
 
@@ -75,7 +79,39 @@ class Ingress:
         return {"sequence": self.sequence,
                 "slots": {s: [o for o in self.outcomes[s] if o[0] > sequence] for s in SLOTS}}
 
-    # HTTP -----------------------------------------------------------------------
+    async def respond(self, endpoint: str, body: bytes, rid: str, routed: bool) -> AsyncIterator[Any]:
+        """One request: yields a head {status, entry, headers, body | stream: True}, then the
+        SSE events of a stream. `routed`: the gateway already chose this deployment by `model`."""
+        try:
+            parsed = self._parse(body, endpoint, check_model=not routed)
+            slot, result = await self._dispatch(self._work(parsed, endpoint))
+        except APIError as exc:
+            yield {"status": exc.status, "body": exc.body(), "entry": {"error": exc.code or exc.message[:200]}}
+            return
+        except ClientGone:
+            yield {"status": CLIENT_CLOSED, "body": None, "entry": {"error": "client_closed_request"}}
+            return
+        gens, version = result["gens"], result["version"]
+        entry = {"deployment": self.config.get("deployment"), "model_version": version, "slot": slot,
+                 "prompt_tokens": sum(g["prompt_tokens"] for g in gens),
+                 "completion_tokens": sum(g["completion_tokens"] for g in gens),
+                 "finish_reason": [g["finish_reason"] for g in gens]}
+        if self.config.get("log_payloads"):
+            entry.update(request=body.decode(errors="replace"), completion=[g["text"] for g in gens])
+        model, headers = parsed.model, {"x-request-id": rid, "x-model-version": version}
+        if not parsed.stream:
+            answer = chat_response(rid, model, gens[0]) if endpoint == "chat" else completion_response(rid, model, gens)
+            yield {"status": 200, "headers": headers, "body": answer, "entry": entry}
+            return
+        yield {"status": 200, "headers": headers, "stream": True, "entry": entry}
+        if endpoint == "chat":
+            events = chat_stream(rid, model, gens[0], parsed.include_usage(), _pieces(gens[0]["text"]))
+        else:
+            events = completion_stream(rid, model, gens, parsed.include_usage(), [_pieces(g["text"]) for g in gens])
+        for event in events:
+            yield event
+
+    # HTTP, when the spec sets an explicit route_prefix ------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         live = self._live_version()
@@ -85,80 +121,45 @@ class Ingress:
 
     @api.get("/metrics")
     async def metrics(self) -> PlainTextResponse:
-        return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(self.front.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @api.get("/v1/models")
-    async def models(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
+    async def models(self, request: Request):
+        try:
+            self._authorize(request)
+        except APIError as exc:
+            return self.front.refuse("models", exc)
         name = self.config["deployment"]
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "llmops",
                                             "version": self._live_version()}]}
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request):
-        return await self._serve(request, "chat")
+        return await self._serve_http(request, "chat")
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
-        return await self._serve(request, "completions")
+        return await self._serve_http(request, "completions")
+
+    async def _serve_http(self, request: Request, endpoint: str):
+        async def route(entry: dict[str, Any]):
+            entry["deployment"] = self.config.get("deployment")
+            self._authorize(request)
+            limits = self.config["limits"]
+            body = await read_body(request, limits["max_body_bytes"], limits["body_timeout_s"])
+            return self.respond(endpoint, body, entry["id"], routed=False)
+
+        return await self.front.serve(endpoint, self.config.get("log_path"), route)
 
     # one request, start to end ------------------------------------------------------
-    async def _serve(self, request: Request, endpoint: str):
-        rid, started = uuid.uuid4().hex[:24], time.monotonic()
-        entry: dict[str, Any] = {"id": rid, "time": time.time(), "deployment": self.config.get("deployment"),
-                                 "endpoint": endpoint, "model_version": None, "prompt_tokens": 0, "completion_tokens": 0}
-        try:
-            self._authorize(request)
-            body = await self._read_body(request)
-            parsed = self._parse(body, endpoint)
-            slot, result = await self._dispatch(self._work(parsed, endpoint))
-            gens = result["gens"]
-            entry.update(model_version=result["version"], slot=slot,
-                         prompt_tokens=sum(g["prompt_tokens"] for g in gens),
-                         completion_tokens=sum(g["completion_tokens"] for g in gens),
-                         finish_reason=[g["finish_reason"] for g in gens])
-            if self.config.get("log_payloads"):
-                entry.update(request=body.decode(errors="replace"), completion=[g["text"] for g in gens])
-            response = self._respond(rid, parsed, endpoint, gens, result["version"])
-            entry["status"] = 200
-            return response
-        except APIError as exc:
-            entry.update(status=exc.status, error=exc.code or exc.message[:200])
-            return JSONResponse(exc.body(), status_code=exc.status)
-        except Exception as exc:  # noqa: BLE001 - a bug must still answer in the OpenAI envelope
-            error = APIError(500, f"internal error: {type(exc).__name__}", "server_error")
-            entry.update(status=500, error=repr(exc)[:200])
-            return JSONResponse(error.body(), status_code=500)
-        finally:
-            entry["latency_ms"] = round((time.monotonic() - started) * 1000, 2)
-            self._record(entry)
-
     def _authorize(self, request: Request) -> None:
         hashes = self.config.get("api_key_sha256")
         if hashes is None:
             return  # `auth: none`
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        # Compare against every key (no early exit), each in constant time.
-        matched = False
-        for known in hashes:
-            matched |= hmac.compare_digest(digest, known)
-        if not key or not matched:
-            raise APIError(401, "invalid or missing API key (send it as 'Authorization: Bearer <key>')",
-                           "invalid_api_key")
+        if not key_matches(bearer_key(request.headers.get("authorization", "")), hashes):
+            raise FrontError(401, MISSING_KEY, "invalid_api_key")
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.config["limits"]["max_body_bytes"]
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise APIError(413, f"request body is larger than {limit} bytes", "request_too_large")
-        body = await request.body()
-        if len(body) > limit:
-            raise APIError(413, f"request body is larger than {limit} bytes", "request_too_large")
-        return body
-
-    def _parse(self, body: bytes, endpoint: str) -> ChatRequest | CompletionRequest:
+    def _parse(self, body: bytes, endpoint: str, check_model: bool) -> ChatRequest | CompletionRequest:
         model_cls = ChatRequest if endpoint == "chat" else CompletionRequest
         try:
             parsed = model_cls.model_validate_json(body)
@@ -167,7 +168,7 @@ class Ingress:
             raise APIError(400, message, "invalid_request", param) from None
         if parsed.n != 1:
             raise APIError(400, "only n=1 is supported", "unsupported_parameter", "n")
-        if parsed.model not in (self.config["deployment"], self._live_version()):
+        if check_model and parsed.model not in (self.config["deployment"], self._live_version()):
             raise APIError(404, f"model '{parsed.model}' does not exist; use '{self.config['deployment']}'",
                            "model_not_found", "model")
         return parsed
@@ -186,26 +187,32 @@ class Ingress:
         return {"items": items, "params": params, "stops": parsed.stops(), "live": True}
 
     async def _dispatch(self, work: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Run on a slot picked by weight; on failure of a non-primary slot, retry on the primary."""
+        """Run on a slot picked by weight; on failure of a non-primary slot, retry on the primary.
+        A cancelled request (the client left) is not retried and counts for no version."""
         slot = self._pick()
         primary = self.config["primary"]
+        failure = "no attempt"
         for attempt in (slot, primary) if slot != primary else (slot,):
             started = time.monotonic()
             try:
                 result = await self.handles[attempt].generate.remote(work)
-                expected = self.config["slots"][attempt]["version"]
-                if result["version"] != expected:  # the slot was swapped under us: not ready for this route
-                    raise RuntimeError(f"slot {attempt} serves {result['version']}, expected {expected}")
+            except TaskCancelledError as exc:
+                raise ClientGone() from exc
             except Exception as exc:  # noqa: BLE001 - any replica failure counts against its version
                 self._outcome(attempt, False, time.monotonic() - started)
-                failure = exc
+                failure = type(exc).__name__
+                continue
+            error = result.get("error")
+            if error and error["status"] < 500:
+                raise APIError(error["status"], error["message"], error["code"], error.get("param"))
+            expected = self.config["slots"][attempt]["version"]
+            if error or result["version"] != expected:  # a 5xx, or the slot was swapped under us
+                self._outcome(attempt, False, time.monotonic() - started)
+                failure = f"slot {attempt} answered {error['code'] if error else 'version ' + result['version']}"
                 continue
             self._outcome(attempt, True, time.monotonic() - started)
-            if "error" in result:
-                e = result["error"]
-                raise APIError(e["status"], e["message"], e["code"], e.get("param"))
             return attempt, result
-        raise APIError(500, f"model replica failed: {type(failure).__name__}", "server_error")
+        raise APIError(500, f"model replica failed: {failure}", "server_error")
 
     def _pick(self) -> str:
         slots = self.config.get("slots") or {}
@@ -215,36 +222,9 @@ class Ingress:
         names, weights = zip(*ready)
         return random.choices(names, weights=weights)[0]
 
-    def _respond(self, rid: str, parsed, endpoint: str, gens: list[dict[str, Any]], version: str):
-        model, headers = parsed.model, {"x-request-id": rid, "x-model-version": version}
-        if not parsed.stream:
-            body = chat_response(rid, model, gens[0]) if endpoint == "chat" else completion_response(rid, model, gens)
-            return JSONResponse(body, headers=headers)
-        if endpoint == "chat":
-            events = chat_stream(rid, model, gens[0], parsed.include_usage(), _pieces(gens[0]["text"]))
-        else:
-            events = completion_stream(rid, model, gens, parsed.include_usage(), [_pieces(g["text"]) for g in gens])
-
-        async def emit():
-            for event in events:
-                yield event
-
-        return StreamingResponse(emit(), media_type="text/event-stream", headers=headers)
-
     def _outcome(self, slot: str, ok: bool, latency_s: float) -> None:
         self.sequence += 1
         self.outcomes[slot].append((self.sequence, ok, round(latency_s * 1000, 2)))
-
-    def _record(self, entry: dict[str, Any]) -> None:
-        self.metrics.observe(entry["deployment"] or "", entry.get("model_version") or "", entry["endpoint"],
-                             entry.get("status", 500), entry["latency_ms"] / 1000,
-                             entry["prompt_tokens"], entry["completion_tokens"])
-        path = self.config.get("log_path")
-        if path:
-            try:
-                logs.append(path, entry)
-            except OSError:
-                pass  # a full disk must not fail the request; /metrics still counts it
 
     def _live_version(self) -> str | None:
         slots, primary = self.config.get("slots") or {}, self.config.get("primary")

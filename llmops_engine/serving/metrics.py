@@ -1,9 +1,10 @@
 """Prometheus text exposition for the ingress (`GET /metrics`), without a client library.
 
-Three families, labelled by deployment, model version and outcome:
-    llmops_requests_total            counter
+Four families, labelled by deployment, model version and outcome:
+    llmops_requests_total            counter (status 499: the client disconnected first)
     llmops_request_latency_seconds   histogram
     llmops_tokens_total              counter (kind="prompt" | "completion")
+    llmops_unauthenticated_requests_total  counter by endpoint: 401s are counted, not logged
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class Metrics:
         self.latency_buckets: dict[tuple, list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
         self.latency_sum: dict[tuple, float] = defaultdict(float)
         self.latency_count: dict[tuple, int] = defaultdict(int)
+        self.unauthenticated: dict[tuple, int] = defaultdict(int)
+
+    def observe_unauthenticated(self, endpoint: str) -> None:
+        self.unauthenticated[(("endpoint", endpoint),)] += 1
 
     def observe(
         self, deployment: str, version: str, endpoint: str, status: int, latency_s: float,
@@ -62,4 +67,9 @@ class Metrics:
             "# TYPE llmops_tokens_total counter",
         ]
         lines += [f"llmops_tokens_total{_labels(k)} {v}" for k, v in sorted(self.tokens.items())]
+        lines += [
+            "# HELP llmops_unauthenticated_requests_total Requests refused for a missing or invalid API key.",
+            "# TYPE llmops_unauthenticated_requests_total counter",
+        ]
+        lines += [f"llmops_unauthenticated_requests_total{_labels(k)} {v}" for k, v in sorted(self.unauthenticated.items())]
         return "\n".join(lines) + "\n"

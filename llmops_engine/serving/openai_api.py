@@ -2,6 +2,12 @@
 
 Requests tolerate unknown fields (SDKs send new ones all the time). Sampling: a missing
 or zero `temperature` means greedy decoding, a positive one samples (seeded by `seed`).
+
+Every field the engine uses is bounded here, so the ingress's parse step turns a hostile
+value into a 400 before the request reaches a batch it shares with other clients: a seed
+torch cannot take, a temperature so small that logits / temperature overflows, an empty
+prompt (an empty sequence crashes bitsandbytes' CPU 4-bit kernel with SIGFPE, killing the
+replica), or a prompt list whose generation would hold the replica for seconds.
 """
 
 from __future__ import annotations
@@ -10,7 +16,14 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+
+MAX_PROMPTS_PER_REQUEST = 16  # each prompt is a batch entry: more would hold the replica for everyone
+MAX_STOP_SEQUENCES = 16
+# Below this, logits / temperature can overflow (inf, then NaN probabilities); 0 means greedy.
+MIN_TEMPERATURE = 0.01
+MAX_TOKENS_BOUND = 2**31 - 1  # the deployment's limits.max_new_tokens clamps further
+SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, what torch.manual_seed and OpenAI clients use
 
 
 class APIError(Exception):
@@ -36,26 +49,51 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+class ContentPart(_Lenient):
+    type: str
+    text: StrictStr | None = None  # strict: 5 or [..] must not become "5" or a crash later
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> "ContentPart":
+        if self.type == "text" and self.text is None:
+            raise ValueError("a content part of type 'text' needs a string 'text'")
+        return self
+
+
 class Message(_Lenient):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: StrictStr
+    content: StrictStr | list[ContentPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+            return "".join(p.text or "" for p in self.content if p.type == "text")
         return self.content or ""
 
 
 class _Sampling(_Lenient):
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    model: StrictStr
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    n: int = Field(default=1, ge=1, le=128)
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    stop: StrictStr | list[StrictStr] | None = Field(default=None)
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_vanishing(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy decoding) or between {MIN_TEMPERATURE} and 2")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are accepted, got {len(value)}")
+        return value
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -68,7 +106,7 @@ class _Sampling(_Lenient):
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
 
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -87,8 +125,20 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)
+    prompt: StrictStr | list[StrictStr]
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_BOUND)
+
+    @field_validator("prompt")
+    @classmethod
+    def _bounded_and_non_empty(cls, value: str | list[str]) -> str | list[str]:
+        prompts = [value] if isinstance(value, str) else value
+        if not prompts:
+            raise ValueError("needs at least one prompt")
+        if len(prompts) > MAX_PROMPTS_PER_REQUEST:
+            raise ValueError(f"at most {MAX_PROMPTS_PER_REQUEST} prompts per request are accepted, got {len(prompts)}")
+        if any(not p for p in prompts):
+            raise ValueError("prompts must not be empty")
+        return value
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -160,10 +210,18 @@ def completion_stream(rid: str, model: str, gens: list[dict[str, Any]], include_
 
 
 def validation_message(exc: Exception) -> tuple[str, str | None]:
-    """First pydantic error as (message, param)."""
+    """The most specific pydantic error as (message, param)."""
     errors = getattr(exc, "errors", lambda: [])()
     if not errors:
         return str(exc), None
-    first = errors[0]
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    return f"{param}: {first.get('msg')}" if param else first.get("msg", str(exc)), param
+    # A union field reports one error per member ("content.str", "content.list[ContentPart].0.text");
+    # the deepest one is what the client got wrong, and the member names are no parameter path.
+    deepest = max(errors, key=lambda e: len(e.get("loc", ())))
+    path = [str(p) for p in deepest.get("loc", ()) if not _is_union_member(p)]
+    param = ".".join(path) or None
+    message = str(deepest.get("msg", exc)).removeprefix("Value error, ")
+    return (f"{param}: {message}" if param else message), param
+
+
+def _is_union_member(part: Any) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)

@@ -62,8 +62,8 @@ class Dashboard:
         details = details or self.details()
         others = []
         for other, app in (details.get("applications") or {}).items():
-            if other == name:
-                continue
+            if other == name or app.get("status") == "DELETING":
+                continue  # an app being deleted has no config left to send back, and stays deleted
             config = app.get("deployed_app_config")
             if config is None:
                 raise DeploymentError(

@@ -11,18 +11,24 @@ keeps the old version loaded for `drain_s`, `canary` walks `steps` and analyses 
 outcomes (error rate, p95) after each; a failed analysis puts the weights back, unloads
 the canary and raises RolloutFailed while the old version keeps serving.
 
+After a transition, the project's gateway is told the deployment's routes (`publish`) and
+polled until it routes by them, so the endpoint works when apply returns.
+
 Imports Ray (handles to read the slot's version and the ingress's outcome stats).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import DeploymentError, RolloutFailed
-from .config import INGRESS, AppSettings, ModelRef, Routing, app_config, routing_of
+from .config import (
+    GATEWAY, GATEWAY_APP, INGRESS, AppSettings, ModelRef, Routing, app_config, gateway_config, routing_of,
+)
 from .rest import Dashboard
 
 READY_TIMEOUT_S = 300
@@ -63,6 +69,21 @@ class Rollout:
             return Outcome(final, current, steps)
         drain = rollout["drain_s"] if strategy == "blue-green" else ROLLING_GRACE_S
         return Outcome(self._switch(settings, routing, drain_s=drain), current, [])
+
+    def publish(self, entries: dict[str, dict[str, Any]], log_path: str) -> None:
+        """Make the gateway route exactly `entries` (deployment → gateway_entry); with none
+        left, remove the gateway."""
+        if not entries:
+            self.dashboard.delete_application(GATEWAY_APP, self.http_options)
+            return
+        self.dashboard.put_application(gateway_config(entries, log_path), self.http_options)
+        wanted = json.dumps(entries, sort_keys=True)
+
+        def routing(live: dict[str, Any]) -> bool:
+            current = _handle(GATEWAY_APP, GATEWAY).entries.remote().result(timeout_s=30)
+            return json.dumps(current, sort_keys=True) == wanted
+
+        self._wait(routing, "the gateway to take the new routes", GATEWAY_APP, GATEWAY)
 
     # steps ---------------------------------------------------------------------
     def _prepare(self, settings: AppSettings, routing: Routing, target: ModelRef) -> Routing:

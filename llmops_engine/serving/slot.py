@@ -3,10 +3,18 @@
 Which version it holds is its user_config, so loading a new version into the spare slot
 is a `reconfigure` on the running replicas — no restart. Requests are collected by
 `@serve.batch` and run as one `LoadedModel.generate` call per group of equal settings.
+
+A batch is shared by many clients, so nothing one request carries may fail or stall the
+others: prompts are checked per request before they are queued (an empty sequence would
+crash a 4-bit kernel and with it the replica), every prompt is its own batch entry (so
+`max_batch_size` bounds the tokens of every batch, and a many-prompt request queues behind
+the others instead of widening a batch), and an exception inside a batch is traced to the
+entries that caused it and fails only their requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import random
 from pathlib import Path
@@ -15,11 +23,12 @@ from typing import Any
 from ray import serve
 
 from .config import ModelRef
+from .openai_api import MAX_PROMPTS_PER_REQUEST
 
 
 def load_model(ref: ModelRef):
     from llmops_engine.models import load_base, load_trained
-    from llmops_engine.state.artifacts import object_on_this_node
+    from llmops_engine.state.stores import object_on_this_node
 
     if ref.path:
         return load_trained(object_on_this_node(ref.store_url, ref.fingerprint, ref.path))
@@ -48,6 +57,7 @@ class ModelSlot:
         self.load_error: dict[str, str] | None = None
         self.max_prompt_tokens = 1024
         self.batches = self.batched_requests = 0  # how full batches get (bench, tuning)
+        self.peak_batch_tokens = 0  # most padded tokens (prompt + new) one generate call held
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.max_prompt_tokens = config["max_prompt_tokens"]
@@ -77,51 +87,81 @@ class ModelSlot:
         return {"version": self.ref.version if self.ref else None, "loaded": self.model is not None,
                 "load_error": self.load_error,
                 "torch_threads": torch.get_num_threads(), "batches": self.batches,
-                "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0}
+                "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
+                "peak_batch_tokens": self.peak_batch_tokens}
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request: {"items": [{"prompt"} | {"instruction", "input"}], "params": {...}, "live"}."""
         if self.model is None or self.ref is None:
             raise RuntimeError("this slot holds no model")
-        version = self.ref.version
+        model, version = self.model, self.ref.version
         if request.get("live") and self.ref.fault_error_rate and random.random() < self.ref.fault_error_rate:
             raise RuntimeError(f"injected fault in model version {version}")
-        result = await self._batched(request)
-        return {**result, "version": version}
+        prompts = [self._prompt(model, item) for item in request["items"]]
+        lengths = [len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        if error := self._rejection(request, lengths):
+            return {"error": error, "version": version}
+        entry = {"params": request["params"], "stops": request.get("stops") or []}
+        gens = await asyncio.gather(*(self._batched({**entry, "prompt": p, "tokens": n}) for p, n in zip(prompts, lengths)))
+        failures = [g["failure"] for g in gens if "failure" in g]
+        if failures:
+            # Raised, not returned: a version whose generation fails must count against it in
+            # canary analysis (and the ingress retries the request on the primary slot).
+            raise RuntimeError(f"generation failed in model version {version}: {failures[0]}")
+        return {"gens": gens, "version": version}
+
+    def _rejection(self, request: dict[str, Any], lengths: list[int]) -> dict[str, Any] | None:
+        """Why this request's prompts must not be queued, as a 400 error; None if they may.
+        The ingress validates too; this holds for every caller of the slot."""
+        param = "messages" if any("instruction" in item for item in request["items"]) else "prompt"
+        if not lengths or min(lengths) == 0:
+            return {"status": 400, "code": "empty_prompt", "param": param, "message": "prompts must not be empty"}
+        if len(lengths) > MAX_PROMPTS_PER_REQUEST:
+            return {"status": 400, "code": "too_many_prompts", "param": param,
+                    "message": f"at most {MAX_PROMPTS_PER_REQUEST} prompts per request are accepted"}
+        if max(lengths) > self.max_prompt_tokens:
+            return {"status": 400, "code": "context_length_exceeded", "param": param,
+                    "message": f"the prompt has {max(lengths)} tokens; this deployment "
+                               f"accepts at most {self.max_prompt_tokens}"}
+        return None
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def _batched(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _batched(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.batches += 1
-        self.batched_requests += len(requests)
+        self.batched_requests += len(entries)
         # Run on the event loop, on purpose: generation of a small model is Python-bound, so in a
         # worker thread it would fight the loop for the GIL and requests would trickle in one by
         # one; blocking lets the requests that arrive meanwhile pile up into the next full batch
         # (measured: mean batch 7.2 instead of 2.2 at 16 clients, bench/serve_bench.py).
-        return self._run_batch(requests)
+        return self._run_batch(entries)
 
-    def _run_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        model = self.model
-        results: list[dict[str, Any]] = [{} for _ in requests]
-        groups: dict[tuple, list[tuple[int, int, str]]] = {}
-        for r, request in enumerate(requests):
-            prompts = [self._prompt(model, item) for item in request["items"]]
-            too_long = [len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-            if max(too_long) > self.max_prompt_tokens:
-                param = "messages" if "instruction" in request["items"][0] else "prompt"
-                results[r] = {"error": {"status": 400, "code": "context_length_exceeded", "param": param,
-                                        "message": f"the prompt has {max(too_long)} tokens; this deployment "
-                                                   f"accepts at most {self.max_prompt_tokens}"}}
-                continue
-            results[r] = {"gens": [None] * len(prompts)}
-            key = _group_key(request["params"])
-            for i, prompt in enumerate(prompts):
-                groups.setdefault(key, []).append((r, i, prompt))
+    def _run_batch(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A result per entry, never an exception: a raise here would fail every request in the batch."""
+        results: list[dict[str, Any]] = [{} for _ in entries]
+        groups: dict[tuple, list[int]] = {}
+        for index, entry in enumerate(entries):
+            groups.setdefault(_group_key(entry["params"]), []).append(index)
         for key, members in groups.items():
-            params = dict(key)
-            outs = model.generate([m[2] for m in members], **params)
-            for (r, i, _), out in zip(members, outs):
-                results[r]["gens"][i] = self._finish(model, out, requests[r].get("stops") or [])
+            self._generate_group(dict(key), members, entries, results)
         return results
+
+    def _generate_group(self, params: dict[str, Any], members: list[int], entries: list[dict[str, Any]],
+                        results: list[dict[str, Any]]) -> None:
+        model = self.model
+        width = max(entries[i]["tokens"] for i in members) + params["max_new_tokens"]  # left padding
+        self.peak_batch_tokens = max(self.peak_batch_tokens, len(members) * width)
+        try:
+            outs = model.generate([entries[i]["prompt"] for i in members], **params)
+            finished = [self._finish(model, out, entries[i]["stops"]) for i, out in zip(members, outs)]
+        except Exception as exc:  # noqa: BLE001 - isolated per entry below, reported by generate()
+            if len(members) > 1:
+                for index in members:  # one at a time: only the entry that raises fails
+                    self._generate_group(params, [index], entries, results)
+                return
+            results[members[0]] = {"failure": f"{type(exc).__name__}: {exc}"[:500]}
+            return
+        for index, result in zip(members, finished):
+            results[index] = result
 
     @staticmethod
     def _prompt(model, item: dict[str, Any]) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -49,14 +48,44 @@ class KindSpec(StrictModel):
     def references(self) -> list[Reference]:
         return []
 
+    def path_inputs(self) -> list[PathInput]:
+        """The repository paths (globs allowed) this spec reads, with the field naming each."""
+        return []
+
     def repo_paths(self) -> list[str]:
         """Repository-relative paths (globs allowed) whose content feeds the fingerprint."""
-        return []
+        return [path.pattern for path in self.path_inputs()]
+
+    def resource_summary(self) -> str | None:
+        """What one run asks of the cluster, for a plan's cost line ("2 workers × 1 CPU")."""
+        return None
+
+
+class PathInput(NamedTuple):
+    pattern: str
+    field: tuple[str, ...]  # where the spec names it, below `spec`
+    must_exist: bool  # validate fails when no file (and no DVC record) matches
+
+
+class FieldError(ValueError):
+    """A cross-field problem blamed on specific fields, for a model validator to raise.
+
+    Pydantic locates a model validator's error at the model itself; the loader reads this
+    error's `problems` (pydantic keeps the exception in the error's context) and reports
+    each at its own field's line. Field paths are dotted and relative to the raising model.
+    """
+
+    def __init__(self, *problems: tuple[str | tuple, str]):
+        self.problems = [(_field_path(field), message) for field, message in problems]
+        super().__init__("; ".join(message for _, message in problems))
+
+
+def _field_path(field: str | tuple) -> tuple:
+    """'quantization.bits' → ('quantization', 'bits'); a tuple (for keys holding dots) is kept."""
+    if isinstance(field, tuple):
+        return field
+    return tuple(int(part) if part.isdigit() else part for part in field.split(".") if part)
 
 
 def reference(field: str, kind: str, name: str | None) -> list[Reference]:
     return [Reference(field=field, kind=kind, name=name)] if name else []
-
-
-def is_glob(path: str) -> bool:
-    return bool(re.search(r"[*?\[]", path))

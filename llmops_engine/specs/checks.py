@@ -1,11 +1,13 @@
-"""Checks that need the whole spec set: names, references, cycles, paths, prompt identity."""
+"""Checks that need the whole spec set: names, references, cycles, paths, prompt identity, routes."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
+from itertools import takewhile
+from pathlib import Path, PurePosixPath
 
 from ..errors import SpecIssue
+from .deployment import GATEWAY_PATHS, GATEWAY_ROUTE
 from .resource import Resource, key_of
 
 
@@ -15,6 +17,7 @@ def check_resources(root: Path, resources: list[Resource]) -> list[SpecIssue]:
     _references(by_key, issues)
     _paths(root, resources, issues)
     _prompt_identity(by_key, issues)
+    _route_prefixes(by_key, issues)
     if not issues:
         from ..graph import find_cycle
 
@@ -66,17 +69,34 @@ def _references(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
 
 
 def _paths(root: Path, resources: list[Resource], issues: list[SpecIssue]) -> None:
-    top = root.resolve()
+    """Every path a spec reads stays inside the repository, and a required one names a file
+    now or is tracked by a DVC record (a fresh clone lacks DVC-tracked files until apply)."""
+    from ..data.dvc_records import tracked_files
+    from ..paths import match_files
+
+    tracked: list[str] | None = None
     for resource in resources:
-        for rel in resource.spec.repo_paths():
-            literal = rel.split("*")[0].split("?")[0].split("[")[0] or "."
-            if Path(rel).is_absolute() or not (top / literal).resolve().is_relative_to(top):
-                field = _path_field(resource)
-                issues.append(_issue(resource, field, f"path '{rel}' is outside the repository; use a repo-relative path"))
+        for path in resource.spec.path_inputs():
+            field = ("spec", *path.field)
+            matches = match_files(root, path.pattern)
+            if matches.problem:
+                issues.append(_issue(resource, field, matches.problem))
+                continue
+            if not path.must_exist or matches.files:
+                continue
+            tracked = list(tracked_files(root)) if tracked is None else tracked
+            if not _dvc_tracked(path.pattern, tracked):
+                message = (f"'{path.pattern}' matches no file, and no DVC record (*.dvc) tracks it; "
+                           "fix the path, or add the file (`dvc add` it if it should not live in git)")
+                issues.append(_issue(resource, field, message))
 
 
-def _path_field(resource: Resource) -> tuple:
-    return ("spec", "source", "path") if resource.kind == "Dataset" else ("spec", "base_model")
+def _dvc_tracked(pattern: str, tracked: list[str]) -> bool:
+    """Whether a DVC record names a file the pattern would match, or a directory holding it."""
+    from ..paths import is_glob, pattern_matches
+
+    literal = "/".join(takewhile(lambda part: not is_glob(part), PurePosixPath(pattern).parts))
+    return any(pattern_matches(path, pattern) or f"{literal}/".startswith(f"{path}/") for path in tracked)
 
 
 def _prompt_identity(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
@@ -94,3 +114,26 @@ def _prompt_identity(by_key: dict[str, Resource], issues: list[SpecIssue]) -> No
             "use the training prompt, or set allow_prompt_mismatch: true"
         )
         issues.append(_issue(resource, ("spec", "prompt"), message))
+
+
+def _route_prefixes(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
+    """Serve routes one prefix to one app: a prefix taken twice, or one the project's gateway
+    answers ("/", "/v1", ...), would silently send requests to the wrong deployment."""
+    field = ("spec", "route_prefix")
+    first_at: dict[str, Resource] = {}
+    for resource in by_key.values():
+        prefix = getattr(resource.spec, "route_prefix", None) if resource.kind == "Deployment" else None
+        if prefix is None:
+            continue
+        if prefix == GATEWAY_ROUTE or any(prefix == p or prefix.startswith(p + "/") for p in GATEWAY_PATHS):
+            message = (f"route_prefix '{prefix}' is taken by the project's gateway (every deployment is served at "
+                       f"/v1, `model` selects it); remove route_prefix or pick another prefix, e.g. '/{resource.name}'")
+            issues.append(_issue(resource, field, message))
+            continue
+        first = first_at.setdefault(prefix, resource)
+        if first is not resource:
+            line, _ = first.position(field)
+            here, _ = resource.position(field)
+            message = (f"route_prefix '{prefix}' is used by Deployment '{first.name}' ({first.file}:{line}) and "
+                       f"Deployment '{resource.name}' ({resource.file}:{here}); give each deployment its own prefix")
+            issues.append(_issue(resource, field, message))

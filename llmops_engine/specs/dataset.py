@@ -6,8 +6,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
-from .base import KindSpec, StrictModel
+from .base import FieldError, KindSpec, PathInput, StrictModel
 from .expectations import check_rule
+from .regexes import regex_problem
 
 
 class Source(StrictModel):
@@ -19,7 +20,7 @@ class Source(StrictModel):
     @model_validator(mode="after")
     def _format_known(self) -> "Source":
         if self.format is None and self.inferred_format() is None:
-            raise ValueError("cannot infer format from the extension; set format: jsonl | csv | parquet")
+            raise FieldError(("path", "cannot infer format from the extension; set format: jsonl | csv | parquet"))
         return self
 
     def inferred_format(self) -> str | None:
@@ -43,7 +44,7 @@ class Columns(StrictModel):
     def _one_shape(self) -> "Columns":
         if self.messages:
             if self.instruction or self.input or self.output:
-                raise ValueError("use either 'messages' (chat) or instruction/input/output, not both")
+                raise FieldError(("messages", "use either 'messages' (chat) or instruction/input/output, not both"))
         elif not (self.instruction and self.output):
             raise ValueError("map at least 'instruction' and 'output' (or give a chat 'messages' column)")
         return self
@@ -83,25 +84,23 @@ class Transform(StrictModel):
         if len(chosen) != 1:
             ops = ", ".join(type(self).model_fields)
             raise ValueError(f"each transform is exactly one of: {ops} (got {len(chosen)})")
-        if self.filter_regex is not None:
-            import re
-
-            try:
-                re.compile(self.filter_regex.pattern)
-            except re.error as exc:
-                raise ValueError(f"filter_regex.pattern is not a valid regular expression: {exc}") from None
-        unknown = [c for c in self.columns_named() if c not in EXAMPLE_FIELDS]
+        if self.filter_regex is not None and (problem := regex_problem(self.filter_regex.pattern)):
+            raise FieldError(("filter_regex.pattern", problem))
+        unknown = [(field, column) for field, column in self._named_columns() if column not in EXAMPLE_FIELDS]
         if unknown:
-            raise ValueError(f"transforms work on {', '.join(EXAMPLE_FIELDS)}; unknown column(s): {', '.join(unknown)}")
+            fields = ", ".join(EXAMPLE_FIELDS)
+            raise FieldError(*((field, f"transforms work on {fields}; unknown column '{column}'")
+                               for field, column in unknown))
         return self
 
-    def columns_named(self) -> list[str]:
+    def _named_columns(self) -> list[tuple[tuple, str]]:
+        """Each column the operation names, with the field path (below the transform) naming it."""
         name, value = self.operation()
         if name == "filter_regex":
-            return [value.column]
+            return [((name, "column"), value.column)]
         if isinstance(value, dict):
-            return list(value)
-        return list(value) if isinstance(value, list) else []
+            return [((name, column), column) for column in value]
+        return [((name, index), column) for index, column in enumerate(value)] if isinstance(value, list) else []
 
     def operation(self) -> tuple[str, Any]:
         name = next(n for n in type(self).model_fields if getattr(self, n) is not None)
@@ -124,7 +123,7 @@ class ValidationRule(StrictModel):
     def _known_rule(self) -> "ValidationRule":
         problems = check_rule(self.expect, self.kwargs())
         if problems:
-            raise ValueError("; ".join(message for _, message in problems))
+            raise FieldError(*(((argument,) if argument else (), message) for argument, message in problems))
         return self
 
     def kwargs(self) -> dict[str, Any]:
@@ -143,5 +142,5 @@ class DatasetSpec(KindSpec):
         default="processed", alias="validate", description="Which data the rules run on."
     )
 
-    def repo_paths(self) -> list[str]:
-        return [self.source.path]
+    def path_inputs(self) -> list[PathInput]:
+        return [PathInput(self.source.path, ("source", "path"), must_exist=True)]

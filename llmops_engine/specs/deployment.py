@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from .base import EnvVarName, KindSpec, Reference, StrictModel, reference
+from .base import EnvVarName, FieldError, KindSpec, Reference, StrictModel, reference
 
 
 class Replicas(StrictModel):
@@ -16,7 +16,7 @@ class Replicas(StrictModel):
     @model_validator(mode="after")
     def _ordered(self) -> "Replicas":
         if self.max < self.min:
-            raise ValueError(f"replicas.max ({self.max}) is below replicas.min ({self.min})")
+            raise FieldError(("max", f"replicas.max ({self.max}) is below replicas.min ({self.min})"))
         return self
 
 
@@ -35,12 +35,16 @@ class Rollout(StrictModel):
 
     @model_validator(mode="after")
     def _steps(self) -> "Rollout":
-        if any(not 0 < s <= 100 for s in self.steps):
-            raise ValueError("rollout.steps are percentages in (0, 100]")
-        if self.steps != sorted(set(self.steps)):
-            raise ValueError("rollout.steps must increase strictly")
+        if not self.steps:
+            raise FieldError(("steps", "rollout.steps needs at least one step, ending with 100"))
+        outside = [i for i, step in enumerate(self.steps) if not 0 < step <= 100]
+        if outside:
+            raise FieldError((f"steps.{outside[0]}", "rollout.steps are percentages in (0, 100]"))
+        not_rising = [i for i in range(1, len(self.steps)) if self.steps[i] <= self.steps[i - 1]]
+        if not_rising:
+            raise FieldError((f"steps.{not_rising[0]}", "rollout.steps must increase strictly"))
         if self.steps[-1] != 100:
-            raise ValueError("the last rollout step must be 100")
+            raise FieldError((f"steps.{len(self.steps) - 1}", "the last rollout step must be 100"))
         return self
 
 
@@ -52,6 +56,15 @@ class Limits(StrictModel):
     max_new_tokens: PositiveInt = 128
     max_prompt_tokens: PositiveInt = 1024
     max_body_bytes: PositiveInt = 65536
+    body_timeout_s: PositiveFloat = Field(
+        default=10, le=300, description="A request body must arrive within this time (slow clients get 408)."
+    )
+
+
+# The project's gateway serves every deployment at "/" (OpenAI paths under /v1); an explicit
+# route_prefix there or under one of the paths it answers itself would shadow it.
+GATEWAY_ROUTE = "/"
+GATEWAY_PATHS = ("/v1", "/healthz", "/metrics")
 
 
 class Batching(StrictModel):
@@ -73,7 +86,11 @@ class DeploymentSpec(KindSpec):
     auth: Auth | Literal["none"] = Field(description="{api_keys_env: NAME}, or `none` for an open endpoint.")
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
-    route_prefix: str = Field(default="/", pattern=r"^/[A-Za-z0-9/_-]*$")
+    route_prefix: str | None = Field(
+        default=None, pattern=r"^/([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?$",
+        description="Also serve this deployment's own API at this HTTP prefix; by default it is reached only "
+                    "through the project's gateway (one base URL, `model` selects the deployment).",
+    )
     log_payloads: bool = False
 
     def references(self) -> list[Reference]:

@@ -6,7 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from .base import KindSpec, Reference, StrictModel, reference
+from .base import FieldError, KindSpec, Reference, StrictModel, reference
+from .regexes import regex_problem
 from .tuning import MODEL_REF
 
 METRICS = (
@@ -69,13 +70,8 @@ class MetricOptions(StrictModel):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            import re
-
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+        if value is not None and (problem := regex_problem(value)):
+            raise ValueError(problem)
         return value
 
 
@@ -101,17 +97,19 @@ class EvaluationSpec(KindSpec):
 
         if self.model.startswith("base:"):
             if not re.match(MODEL_REF, self.model.removeprefix("base:")):
-                raise ValueError("base: models are written base:builtin:tiny-llama | base:hf:org/name | base:path:dir")
+                message = "base: models are written base:builtin:tiny-llama | base:hf:org/name | base:path:dir"
+                raise FieldError(("model", message))
             if self.prompt is None:
-                raise ValueError("an Evaluation of a base: model needs 'prompt' (tuned models bring their own)")
+                raise FieldError(("prompt", "an Evaluation of a base: model needs 'prompt' (tuned models bring their own)"))
         baselines = set(self.baselines())
-        for t in self.thresholds:
+        for index, t in enumerate(self.thresholds):
             if t.is_relative():
                 wanted = t.baseline or (sorted(baselines)[0] if baselines else None)
                 if wanted is None or wanted not in baselines:
-                    raise ValueError(f"threshold on {t.metric} is relative but compare_to has no '{wanted or 'baseline'}'")
+                    message = f"threshold on {t.metric} is relative but compare_to has no '{wanted or 'baseline'}'"
+                    raise FieldError((f"thresholds.{index}", message))
         if self.repeats > 1 and not self.generation.do_sample:
-            raise ValueError("repeats > 1 only makes sense with generation.do_sample: true")
+            raise FieldError(("repeats", "repeats > 1 only makes sense with generation.do_sample: true"))
         return self
 
     def baselines(self) -> list[str]:
@@ -122,6 +120,9 @@ class EvaluationSpec(KindSpec):
     def metric_names(self) -> list[str]:
         names = [t.metric for t in self.thresholds] + list(self.metrics)
         return list(dict.fromkeys(names))
+
+    def resource_summary(self) -> str | None:
+        return f"{self.gpus:g} GPU" if self.gpus else None
 
     def references(self) -> list[Reference]:
         model = None if self.model.startswith("base:") else self.model

@@ -7,9 +7,10 @@ it cannot drift from the library.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from .regexes import regex_problem
 
 Check = Callable[[Any], str | None]
 
@@ -48,11 +49,7 @@ def _str_list(value: Any) -> str | None:
 def _regex(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be a regular expression string"
-    try:
-        re.compile(value)
-    except re.error as exc:
-        return f"is not a valid regular expression: {exc}"
-    return None
+    return regex_problem(value)
 
 
 @dataclass(frozen=True)

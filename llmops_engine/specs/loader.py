@@ -3,6 +3,12 @@
 PyYAML's composer gives each node a start mark; we build plain Python values ourselves
 from the node tree so that every key path keeps its position, and so that only the
 standard YAML tags are accepted (no object construction, whatever the input says).
+
+Specs arrive in pull requests, so a hostile one must fail as a located error in bounded
+time and memory: files are capped in size (`max_spec_bytes`), nesting is capped in depth
+(PyYAML's composer recurses once per level), aliases may copy only so many nodes (a
+400-byte alias bomb otherwise expands to gigabytes) and may not contain themselves, and a
+spec file that is a symlink out of the repository is not read.
 """
 
 from __future__ import annotations
@@ -17,13 +23,52 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError, SpecIssue
 from . import KINDS
-from .base import API_VERSION, Metadata
+from .base import API_VERSION, FieldError, Metadata
+from .regexes import per_file_budget
 from .resource import Resource
 
 SAFE_TAGS = {
     "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
 }
 ENVELOPE_KEYS = ("apiVersion", "kind", "metadata", "spec")
+MAX_SPEC_BYTES = 1 << 20  # default of llmops.yaml's max_spec_bytes; the largest shipped spec is ~2 KB
+MAX_DEPTH = 64  # nesting levels, aliases expanded; real specs use fewer than 10
+MAX_NODES = 20_000  # YAML values per file (~1 s to compose); the shipped specs hold ~300 in all
+MAX_ALIAS_COPIES = 10_000  # nodes that aliases may copy per file; sharing a list of transforms takes tens
+MAX_ISSUES_PER_FILE = 50  # more would bury the first mistake (and a hostile file can have thousands)
+_SHOWN_CHARS = 60
+
+
+class _SpecComposer(yaml.SafeLoader):
+    """PyYAML's safe composer, refusing nesting deeper than MAX_DEPTH before it can exhaust
+    Python's recursion limit (it recurses once per level), and more than MAX_NODES values
+    (pure-Python composing costs ~20 µs and ~1 KB per value)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent, index):
+        self._nodes += 1
+        if self._depth >= MAX_DEPTH or self._nodes > MAX_NODES:
+            too_deep = f"nesting deeper than {MAX_DEPTH} levels; specs are shallow"
+            too_many = f"more than {MAX_NODES:,} values in one file; split it into smaller files"
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, too_deep if self._depth >= MAX_DEPTH else too_many, mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Refused(Exception):
+    """Stops building a document that cannot be expanded safely; caught in read_documents."""
+
+    def __init__(self, position: tuple[int, int], path: tuple, message: str):
+        super().__init__(message)
+        self.position, self.path, self.message = position, path, message
 
 
 @dataclass
@@ -34,24 +79,83 @@ class _Document:
 
 
 class _Builder:
-    """Turns composed YAML nodes into Python values while recording positions."""
+    """Turns composed YAML nodes into Python values while recording positions.
+
+    An alias is the very node its anchor composed, so a node met twice is an alias copy
+    (counted against MAX_ALIAS_COPIES) and a node met inside itself is a recursive anchor.
+    One builder serves a whole file, so the copy budget is per file.
+    """
 
     def __init__(self, file: str, issues: list[SpecIssue]):
         self.file = file
         self.issues = issues
         self.positions: dict[tuple, tuple[int, int]] = {}
         self._scalars = yaml.SafeLoader("")
+        self._built: set[int] = set()
+        self._open: set[int] = set()
+        self._copies = 0
+        self._copy: tuple | None = None  # (path, position) of the alias being expanded
+
+    def document(self, node: yaml.Node) -> Any:
+        self.positions = {}
+        return self.build(node)
 
     def build(self, node: yaml.Node, path: tuple = ()) -> Any:
-        self.positions.setdefault(path, _pos(node))
-        if node.tag not in SAFE_TAGS:
-            self._issue(node, path, f"YAML tag '{node.tag}' is not allowed; specs are plain data")
+        starts_copy = self._admit(node, path)
+        try:
+            self.positions.setdefault(path, _pos(node))
+            if node.tag not in SAFE_TAGS:
+                self._issue(node, path, f"YAML tag '{_shown(node.tag)}' is not allowed; specs are plain data")
+                return None
+            if isinstance(node, yaml.ScalarNode):
+                return self._scalar(node, path)
+            self._open.add(id(node))
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, path)
+                return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+            finally:
+                self._open.discard(id(node))
+        finally:
+            if starts_copy:
+                self._copy = None
+
+    def _admit(self, node: yaml.Node, path: tuple) -> bool:
+        """Refuse a node that contains itself, nests too deep or exceeds the copy budget;
+        return whether it starts an alias copy."""
+        if id(node) in self._open:
+            self._refuse(path, "this alias refers to an anchor that contains it; specs must be finite, "
+                               "write the values out")
+        if len(path) > MAX_DEPTH:
+            self._refuse(path, f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded; specs are shallow")
+        if id(node) not in self._built:
+            self._built.add(id(node))
+            return False
+        self._copies += 1
+        if self._copies > MAX_ALIAS_COPIES:
+            self._refuse(path, f"aliases expand to more than {MAX_ALIAS_COPIES:,} copied values (an alias bomb?); "
+                               "write the values out or alias less")
+        starts_copy = self._copy is None
+        if starts_copy:
+            self._copy = (path, self._alias_position(path))
+        return starts_copy
+
+    def _refuse(self, path: tuple, message: str) -> None:
+        """Blame the alias being expanded (the outermost one, where the spec author wrote it)."""
+        at, position = self._copy or (path, self._alias_position(path))
+        raise _Refused(position, at, message)
+
+    def _alias_position(self, path: tuple) -> tuple[int, int]:
+        # The composer keeps no position for an alias; before its value is built, the
+        # nearest recorded position is its key's (or, in a list, the list's).
+        return _nearest(self.positions, path)
+
+    def _scalar(self, node: yaml.ScalarNode, path: tuple) -> Any:
+        try:
+            return self._scalars.construct_object(node)
+        except ValueError as exc:  # e.g. a date like 2024-13-45, or an int past Python's digit limit
+            self._issue(node, path, f"cannot read value '{_shown(node.value)}': {exc}")
             return None
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        return self._scalars.construct_object(node)
 
     def _mapping(self, node: yaml.MappingNode, path: tuple) -> dict:
         result: dict[Any, Any] = {}
@@ -59,9 +163,10 @@ class _Builder:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self._issue(key_node, path, "YAML merge keys ('<<') are not supported; write keys out")
                 continue
-            key = self.build(key_node, path + ("<key>",))
+            key = self.build(key_node, path + ("<key>",)) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, str):
-                self._issue(key_node, path, f"keys must be strings, got {key!r}")
+                got = _shown(repr(key)) if key is not None else f"a {key_node.id}"
+                self._issue(key_node, path, f"keys must be strings, got {got}")
                 continue
             if key in result:
                 self._issue(key_node, path + (key,), f"duplicate key '{key}'")
@@ -83,25 +188,48 @@ def _dotted(path: tuple) -> str:
     return ".".join(str(p) for p in path if p != "<key>")
 
 
-def read_documents(path: Path, display: str, issues: list[SpecIssue]) -> list[_Document]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        issues.append(SpecIssue(display, 1, 1, "", f"cannot read file: {exc}"))
+def _shown(text: str) -> str:
+    """A value quoted in a message, cut short: a hostile spec must not make the error huge."""
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…"
+
+
+def read_documents(
+    path: Path, display: str, issues: list[SpecIssue], max_bytes: int = MAX_SPEC_BYTES
+) -> list[_Document]:
+    text = _read_capped(path, display, issues, max_bytes)
+    if text is None:
         return []
     documents = []
+    builder = _Builder(display, issues)
     try:
-        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        for node in yaml.compose_all(text, Loader=_SpecComposer):
             if node is None:
                 continue
-            builder = _Builder(display, issues)
-            documents.append(_Document(display, builder.build(node), builder.positions))
+            documents.append(_Document(display, builder.document(node), builder.positions))
+    except _Refused as refused:
+        line, col = refused.position
+        issues.append(SpecIssue(display, line, col, _dotted(refused.path), refused.message))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = getattr(exc, "problem", None) or str(exc)
         issues.append(SpecIssue(display, line, col, "", f"invalid YAML: {problem}"))
     return documents
+
+
+def _read_capped(path: Path, display: str, issues: list[SpecIssue], max_bytes: int) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            size = path.stat().st_size
+            issues.append(SpecIssue(display, 1, 1, "", f"spec file is {size:,} bytes, over the limit of {max_bytes:,}; "
+                                    "split it into smaller files, or raise max_spec_bytes in llmops.yaml"))
+            return None
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        issues.append(SpecIssue(display, 1, 1, "", f"cannot read file: {exc}"))
+        return None
 
 
 def parse_document(doc: _Document, issues: list[SpecIssue]) -> Resource | None:
@@ -144,7 +272,12 @@ def _validate(model: type[BaseModel], data: Any, root: tuple, issue) -> BaseMode
     except ValidationError as exc:
         for error in _dedupe(exc.errors()):
             loc = root + tuple(error["loc"])
-            issue(loc, _message(model, error))
+            blamed = error.get("ctx", {}).get("error")
+            if isinstance(blamed, FieldError):
+                for field, message in blamed.problems:
+                    issue(loc + field, message)
+            else:
+                issue(loc, _message(model, error))
         return None
 
 
@@ -176,7 +309,7 @@ def _message(model: type[BaseModel], error: dict) -> str:
     if message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
     elif "input" in error and not isinstance(error["input"], (dict, list)):
-        message = f"{message} (got {error['input']!r})"
+        message = f"{message} (got {_shown(repr(error['input']))})"
     return message
 
 
@@ -225,7 +358,7 @@ def _nearest(positions: dict[tuple, tuple[int, int]], path: tuple) -> tuple[int,
     return (1, 1)
 
 
-def load_resources(root: Path, spec_dirs: list[str]) -> list[Resource]:
+def load_resources(root: Path, spec_dirs: list[str], max_spec_bytes: int = MAX_SPEC_BYTES) -> list[Resource]:
     """Load and validate every spec file; raise SpecError with all issues if any."""
     from .checks import check_resources
 
@@ -234,14 +367,25 @@ def load_resources(root: Path, spec_dirs: list[str]) -> list[Resource]:
     resources: list[Resource] = []
     for path in spec_files(root, spec_dirs, issues):
         display = path.relative_to(root).as_posix()
-        for doc in read_documents(path, display, issues):
-            resource = parse_document(doc, issues)
-            if resource is not None:
-                resources.append(resource)
+        first = len(issues)
+        with per_file_budget():
+            for doc in read_documents(path, display, issues, max_spec_bytes):
+                resource = parse_document(doc, issues)
+                if resource is not None:
+                    resources.append(resource)
+        _cap_issues(issues, first, display)
     issues.extend(check_resources(root, resources))
     if issues:
         raise SpecError(issues)
     return resources
+
+
+def _cap_issues(issues: list[SpecIssue], first: int, display: str) -> None:
+    hidden = len(issues) - first - MAX_ISSUES_PER_FILE
+    if hidden > 0:
+        del issues[first + MAX_ISSUES_PER_FILE:]
+        message = f"{hidden} more problems in this file not shown; fix the ones listed first"
+        issues.append(SpecIssue(display, 1, 1, "", message))
 
 
 def spec_files(root: Path, spec_dirs: list[str], issues: list[SpecIssue]) -> list[Path]:
@@ -255,4 +399,19 @@ def spec_files(root: Path, spec_dirs: list[str], issues: list[SpecIssue]) -> lis
             issues.append(SpecIssue("llmops.yaml", 1, 1, "spec_dirs", f"spec directory '{directory}' does not exist"))
             continue
         files.extend(p for p in base.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-    return sorted(set(files))
+    return [path for path in sorted(set(files)) if _inside(root, path, issues)]
+
+
+def _inside(root: Path, path: Path, issues: list[SpecIssue]) -> bool:
+    """A spec file that is a symlink out of the repository is reported, not read."""
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        issues.append(SpecIssue(path.relative_to(root).as_posix(), 1, 1, "", f"cannot read file: {exc}"))
+        return False
+    if real.is_relative_to(root):
+        return True
+    message = ("spec file is a symlink to a file outside the repository; it is not read "
+               "(copy the spec into the repository)")
+    issues.append(SpecIssue(path.relative_to(root).as_posix(), 1, 1, "", message))
+    return False

@@ -6,10 +6,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from .base import KindSpec, Reference, StrictModel, reference
+from .base import FieldError, KindSpec, PathInput, Reference, StrictModel, reference
 
-MODEL_REF = r"^(builtin:[a-z0-9-]+|hf:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|path:.+)$"
-BUILTIN_MODELS = ("tiny-llama",)
+MODEL_REF = r"^(builtin:[a-z0-9-]+|hf:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|gguf:.+\.gguf|path:.+)$"
+BUILTIN_MODELS = ("tiny-llama", "smollm2-135m-instruct")  # models/builtin.py BUILTIN_NAMES
 
 
 class Quantization(StrictModel):
@@ -48,12 +48,16 @@ class Resources(StrictModel):
     gpus_per_worker: NonNegativeFloat = 0
     cpus_per_worker: PositiveFloat = 1
 
+    def summary(self) -> str:
+        each = f"{self.gpus_per_worker:g} GPU" if self.gpus_per_worker else f"{self.cpus_per_worker:g} CPU"
+        return f"{self.workers} worker{'s' if self.workers != 1 else ''} × {each}"
+
 
 class TuningJobSpec(KindSpec):
     kind: ClassVar[str] = "TuningJob"
     env_inputs: ClassVar[tuple[str, ...]] = ("LLMOPS_MAX_STEPS",)
 
-    base_model: str = Field(pattern=MODEL_REF, description="builtin:tiny-llama | hf:org/name | path:dir")
+    base_model: str = Field(pattern=MODEL_REF, description="builtin:smollm2-135m-instruct | builtin:tiny-llama | gguf:file.gguf | hf:org/name | path:dir")
     dataset: str
     prompt: str
     method: Literal["qlora", "lora", "full"] = "qlora"
@@ -68,20 +72,25 @@ class TuningJobSpec(KindSpec):
         if self.base_model.startswith("builtin:"):
             name = self.base_model.removeprefix("builtin:")
             if name not in BUILTIN_MODELS:
-                raise ValueError(f"unknown builtin model '{name}'; available: {', '.join(BUILTIN_MODELS)}")
+                message = f"unknown builtin model '{name}'; available: {', '.join(BUILTIN_MODELS)}"
+                raise FieldError(("base_model", message))
         if self.method == "qlora":
             quant = self.quantization or Quantization()
             if quant.bits != 4:
-                raise ValueError("method qlora needs quantization.bits: 4 (use method: lora for 8-bit or none)")
+                message = "method qlora needs quantization.bits: 4 (use method: lora for 8-bit or none)"
+                raise FieldError(("quantization.bits", message))
         elif self.method == "lora" and self.quantization is not None and self.quantization.bits == 4:
-            raise ValueError("4-bit quantization with LoRA is QLoRA: write method: qlora (lora allows bits: 8)")
+            message = "4-bit quantization with LoRA is QLoRA: write method: qlora (lora allows bits: 8)"
+            raise FieldError(("quantization.bits", message))
         elif self.method == "full" and self.quantization is not None:
-            raise ValueError("method full cannot train quantized weights; remove 'quantization' or use qlora")
+            message = "method full cannot train quantized weights; remove 'quantization' or use qlora"
+            raise FieldError(("quantization", message))
         gpus = self.resources.gpus_per_worker
         if gpus > 1 and gpus != int(gpus):
-            raise ValueError("resources.gpus_per_worker above 1 must be a whole number (fractions only below 1)")
+            message = "resources.gpus_per_worker above 1 must be a whole number (fractions only below 1)"
+            raise FieldError(("resources.gpus_per_worker", message))
         if "merged" in self.export and self.method == "full":
-            raise ValueError("export 'merged' applies to adapters; a full fine-tune is already merged")
+            raise FieldError(("export", "export 'merged' applies to adapters; a full fine-tune is already merged"))
         return self
 
     def effective_quantization(self) -> Quantization | None:
@@ -92,5 +101,11 @@ class TuningJobSpec(KindSpec):
     def references(self) -> list[Reference]:
         return reference("spec.dataset", "Dataset", self.dataset) + reference("spec.prompt", "Prompt", self.prompt)
 
-    def repo_paths(self) -> list[str]:
-        return [self.base_model.removeprefix("path:")] if self.base_model.startswith("path:") else []
+    def path_inputs(self) -> list[PathInput]:
+        kind, _, path = self.base_model.partition(":")
+        if kind not in ("path", "gguf"):
+            return []
+        return [PathInput(path, ("base_model",), must_exist=kind == "gguf")]
+
+    def resource_summary(self) -> str | None:
+        return self.resources.summary()

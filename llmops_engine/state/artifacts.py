@@ -6,8 +6,8 @@ Layout under the store URL:
     locks/                         the apply lease
     reports/<fingerprint>/         failed evaluation reports (outside objects/: never "published")
 
-Two backends share this interface. `LocalStore` is a directory (or file:// URL, e.g. on a
-shared mount). `RemoteStore` (state/remote.py) is any other fsspec URL (s3://, gs://, …);
+Two backends share this interface (`state/stores.py` picks one for a URL). `LocalStore` is a
+directory (or file:// URL, e.g. on a shared mount). `RemoteStore` (state/remote.py) is any other fsspec URL (s3://, gs://, …);
 it keeps a local cache of objects because Ray workers and Serve replicas read models by
 path. Either way `root` is a local directory: staging, the cache of objects, Ray run
 folders and materialized base models live under it.
@@ -19,27 +19,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlparse
+from typing import Any
 
+from .lock import ApplyLock, LeaseFiles
 from .records import ResourceRecord
 
-if TYPE_CHECKING:
-    from ..project import Project
-    from .lock import ApplyLock
-
-
-class LeaseFiles(Protocol):
-    """The four operations the apply lease needs from a store's locks/ folder."""
-
-    def create(self, name: str, data: bytes) -> bool:
-        """Write `name` only if it does not exist (atomically); False if it did."""
-
-    def read(self, name: str) -> bytes | None: ...
-
-    def replace(self, name: str, data: bytes) -> None: ...
-
-    def delete(self, name: str) -> None: ...
 
 
 class ArtifactStore:
@@ -96,9 +80,7 @@ class ArtifactStore:
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
-    def lock(self, ttl_s: float = 120.0) -> "ApplyLock":
-        from .lock import ApplyLock
-
+    def lock(self, ttl_s: float = 120.0) -> ApplyLock:
         return ApplyLock(self.lease_files(), ttl_s, where=self.url)
 
 
@@ -177,36 +159,6 @@ class LocalLeaseFiles:
 
     def delete(self, name: str) -> None:
         (self.directory / name).unlink(missing_ok=True)
-
-
-def open_store(project: "Project") -> ArtifactStore:
-    """The store the project names (LLMOPS_ARTIFACT_STORE wins over llmops.yaml)."""
-    url = project.artifact_store_url()
-    if is_local_url(url):
-        return LocalStore(url, Path(urlparse(url).path))
-    from .remote import RemoteStore
-
-    return RemoteStore(url, project.state_dir / "store-cache")
-
-
-def is_local_url(url: str) -> bool:
-    return urlparse(url).scheme in ("", "file", "local")
-
-
-def object_on_this_node(store_url: str | None, fingerprint: str | None, path: str) -> Path:
-    """A published object's directory where this code runs (a Ray worker, a Serve replica):
-    `path` when it is here (the machine that ran apply, or a shared mount), else fetched from
-    the object store into this node's cache. Nodes read the store with their own credentials."""
-    here = Path(path)
-    if here.is_dir() or not store_url or not fingerprint or is_local_url(store_url):
-        return here
-    from .remote import RemoteStore
-
-    return RemoteStore(store_url, node_cache_dir()).local_path(fingerprint)
-
-
-def node_cache_dir() -> Path:
-    return Path(os.environ.get("LLMOPS_CACHE_DIR") or Path.home() / ".cache" / "llmops") / "store-cache"
 
 
 def parse_records(texts) -> dict[str, ResourceRecord]:

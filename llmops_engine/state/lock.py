@@ -19,9 +19,23 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from ..errors import LockError
-from .artifacts import LeaseFiles
+
+
+class LeaseFiles(Protocol):
+    """The four operations the apply lease needs from a store's locks/ folder."""
+
+    def create(self, name: str, data: bytes) -> bool:
+        """Write `name` only if it does not exist (atomically); False if it did."""
+
+    def read(self, name: str) -> bytes | None: ...
+
+    def replace(self, name: str, data: bytes) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
 
 LEASE = "apply.json"
 

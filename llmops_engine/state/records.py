@@ -22,6 +22,8 @@ class ResourceRecord(BaseModel):
     message: str = ""
     applied_at: float = 0.0
     apply_id: str = ""
+    run_seconds: float | None = Field(default=None, description="how long the apply step that produced it took")
+    resources: str | None = Field(default=None, description="what that step asked of the cluster, e.g. '2 workers × 1 CPU'")
 
     @property
     def key(self) -> str:

@@ -24,7 +24,8 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from ..errors import LLMOpsError, ProjectError, StoreError
-from .artifacts import ArtifactStore, LeaseFiles, move_into_place, parse_records, replace_with_copy
+from .artifacts import ArtifactStore, move_into_place, parse_records, replace_with_copy
+from .lock import LeaseFiles
 from .records import ResourceRecord
 
 MANIFEST_FORMAT = 1

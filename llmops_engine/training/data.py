@@ -1,9 +1,14 @@
-"""Training examples: render with the Prompt spec, tokenize, mask the prompt in the labels."""
+"""Training examples: render with the Prompt spec, tokenize, mask the prompt in the labels.
+
+max_seq_len never shortens an answer silently: truncated and dropped rows are counted
+and end up in the training log and metrics.json.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 IGNORE_INDEX = -100  # label value the loss skips
@@ -22,14 +27,43 @@ def render_pairs(rows: list[dict], prompt_spec) -> list[tuple[str, str]]:
 def encode_pair(tokenizer, prompt: str, response: str, max_seq_len: int) -> tuple[list[int], list[int]]:
     """Token ids of prompt + response + EOS, and labels with the prompt masked.
 
-    Prompt and response are tokenized separately so the boundary is exact; too long
-    examples are cut at max_seq_len from the right (the response end is what is lost).
+    Prompt and response are tokenized separately so the boundary is exact (and matches
+    serving, which tokenizes the prompt alone); too long examples are cut at max_seq_len
+    from the right (the response end is what is lost — encode_examples counts those).
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + response_ids)[:max_seq_len]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_seq_len]
     return input_ids, labels
+
+
+@dataclass
+class EncodedExamples:
+    examples: list[tuple[list[int], list[int]]]
+    truncated_rows: int  # kept, but the end of the answer (at least its EOS) was cut at max_seq_len
+    dropped_rows: int  # the prompt alone fills max_seq_len: no answer token left to learn from
+
+    def summary(self, max_seq_len: int) -> str | None:
+        """One line for the training log when max_seq_len changed the data; None when it did not."""
+        if not (self.truncated_rows or self.dropped_rows):
+            return None
+        return (f"max_seq_len {max_seq_len}: {self.truncated_rows} row(s) had the end of the answer cut, "
+                f"{self.dropped_rows} dropped (prompt fills the limit); raise training.max_seq_len "
+                "or shorten those rows")
+
+
+def encode_examples(tokenizer, pairs: list[tuple[str, str]], max_seq_len: int) -> EncodedExamples:
+    """Every pair encoded; rows that lose their whole answer are dropped, and both kinds are counted."""
+    examples, truncated, dropped = [], 0, 0
+    for prompt, response in pairs:
+        input_ids, labels = encode_pair(tokenizer, prompt, response, max_seq_len)
+        if all(label == IGNORE_INDEX for label in labels):
+            dropped += 1
+            continue
+        truncated += labels[-1] != tokenizer.eos_token_id
+        examples.append((input_ids, labels))
+    return EncodedExamples(examples, truncated, dropped)
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):

@@ -23,8 +23,10 @@ def train_loop_per_worker(config: dict) -> None:
     from transformers import AutoTokenizer, get_scheduler
     from transformers.utils import logging as hf_logging
 
+    from ..errors import TrainingError
+    from ..models.tokenizer import ensure_pad_token
     from . import checkpoint
-    from .data import batch_indices, collate, encode_pair
+    from .data import batch_indices, collate, encode_examples
     from .model import build_trainable_model
 
     hf_logging.disable_progress_bar()
@@ -35,9 +37,14 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(train["seed"])  # identical adapter init on every worker
 
     base_path = _base_on_this_node(config)
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = [encode_pair(tokenizer, p, r, train["max_seq_len"]) for p, r in config["pairs"]]
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(base_path))
+    pad_id = tokenizer.pad_token_id
+    encoded = encode_examples(tokenizer, config["pairs"], train["max_seq_len"])
+    if not encoded.examples:
+        raise TrainingError(f"all {encoded.dropped_rows} rows have prompts of max_seq_len "
+                            f"({train['max_seq_len']}) tokens or more, leaving no answer to train on; "
+                            "raise training.max_seq_len")
+    examples = encoded.examples
 
     model = build_trainable_model(base_path, config["method"], config["quantization"],
                                   config["lora"], device)
@@ -50,7 +57,8 @@ def train_loop_per_worker(config: dict) -> None:
                               num_warmup_steps=int(train["warmup_ratio"] * total_steps),
                               num_training_steps=total_steps)
 
-    state = {"step": 0, "losses": [], "step_seconds": [], "tokens": 0, "train_seconds": 0.0, "resumed_from": None}
+    state = {"step": 0, "losses": [], "step_seconds": [], "tokens": 0, "train_seconds": 0.0, "resumed_from": None,
+             "truncated_rows": encoded.truncated_rows, "dropped_rows": encoded.dropped_rows}
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as directory:
@@ -63,6 +71,8 @@ def train_loop_per_worker(config: dict) -> None:
     started = time.perf_counter()
     if rank == 0:
         _progress(config, {"event": "started", "workers": world, "threads": torch.get_num_threads()})
+        if encoded.summary(train["max_seq_len"]):
+            _progress(config, {"event": "notice", "message": encoded.summary(train["max_seq_len"])})
     for step in range(state["step"], total_steps):
         step_started = time.perf_counter()
         step_loss = 0.0
@@ -102,7 +112,7 @@ def _base_on_this_node(config: dict) -> Path:
     if (path / "config.json").is_file():
         return path
     from ..models import resolve_base
-    from ..state.artifacts import node_cache_dir
+    from ..state.stores import node_cache_dir
 
     return resolve_base(config["base_model"], node_cache_dir()).path
 

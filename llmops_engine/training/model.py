@@ -40,8 +40,3 @@ def trainable_state(model) -> dict:
     """Only the weights that train (adapters, modules_to_save, or everything for full)."""
     names = {name for name, param in model.named_parameters() if param.requires_grad}
     return {name: tensor.detach().cpu() for name, tensor in model.state_dict().items() if name in names}
-
-
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())

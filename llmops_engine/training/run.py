@@ -117,6 +117,8 @@ def _drain(progress, report: Callable[[str], None]) -> None:
             report(f"  step {event['step']}/{event['total']}  loss {event['loss']:.4f}")
         elif event["event"] == "started":
             report(f"  {event['workers']} worker(s) training, {event['threads']} torch threads each")
+        elif event["event"] == "notice":
+            report(f"  {event['message']}")
         elif event["event"] == "resumed":
             report(f"  resumed from checkpoint at step {event['step']}")
         elif event["event"] == "checkpoint":

@@ -2,6 +2,9 @@
 
 One head per test session (starting Ray costs seconds), in a temp project with its own
 state dir, so it never touches a developer's `.llmops/` or another cluster on the machine.
+The head gets an allow-listed environment (raycluster.FORWARDED_NAMES / FORWARDED_PREFIXES):
+a variable that workers or replicas must see has to be set before the head starts, under a
+forwarded name (LLMOPS_CACHE_DIR and the AWS_* of s3_server are).
 """
 
 from __future__ import annotations
