@@ -69,12 +69,23 @@ def user_errors(fmt: Format = Format.text, directory: Optional[Path] = None):
 
 def internal_error(exc: BaseException, directory: Optional[Path] = None) -> NoReturn:
     from .internal import log_internal_error, one_line
+
+    try:
+        where = f"the traceback is in {log_internal_error(_state_dir(directory), exc)}"
+    except Exception:  # noqa: BLE001 - a read-only disk must not turn one line into a traceback
+        where = "its traceback could not be written to the state directory"
+    errors.print("[red]internal error:[/red] ", end="", highlight=False)
+    errors.print(f"{one_line(exc)} (a bug; {where})", highlight=False, markup=False)
+    raise typer.Exit(INTERNAL_ERROR_EXIT)
+
+
+def _state_dir(directory: Optional[Path]) -> Path:
     from .project import find_root
 
-    log = log_internal_error(find_root(directory or Path.cwd()) / ".llmops", exc)
-    errors.print("[red]internal error:[/red] ", end="", highlight=False)
-    errors.print(f"{one_line(exc)} (a bug; the traceback is in {log})", highlight=False, markup=False)
-    raise typer.Exit(INTERNAL_ERROR_EXIT)
+    try:
+        return _project(directory).state_dir
+    except Exception:  # noqa: BLE001 - the project file itself may be what is broken
+        return find_root(directory or Path.cwd()) / ".llmops"
 
 
 def _project(directory: Optional[Path]):

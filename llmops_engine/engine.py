@@ -65,12 +65,12 @@ class Engine:
         try:
             self._restore_raw_data()
             observation = self.plan(saved_plan.options if saved_plan else options or PlanOptions())
-            plan = observation.plan
             if saved_plan is not None:
-                check_fresh(saved_plan, plan)
-                plan = saved_plan
+                # Same options, same digests, same actions: the fresh plan is the reviewed one.
+                # Running it (not the file) means nothing edited into the file is trusted.
+                check_fresh(saved_plan, observation.plan)
             executor = Executor(self.project, self.store, self.registry, self.journal(), self.report)
-            result = executor.run(plan, observation.desired, observation.records, before_step)
+            result = executor.run(observation.plan, observation.desired, observation.records, before_step)
             if note := self.store.write_index():
                 self.report(note)
             return result

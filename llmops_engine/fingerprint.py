@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from .dvcrecords import tracked_files
 from .errors import PlanError
 from .graph import dependencies
 from .paths import match_files, pattern_matches
@@ -50,8 +51,6 @@ class ContentHasher:
     """
 
     def __init__(self, root: Path, cache_file: Path | None = None):
-        from .data.dvc_records import tracked_files
-
         self.root = root
         self.cache_file = cache_file
         self.tracked = {path: t.md5 for path, t in tracked_files(root).items() if t.md5}

@@ -80,9 +80,9 @@ class Action:
         return self.key.split("/", 1)[1]
 
     @property
-    def identity(self) -> tuple[str, str, str | None]:
+    def identity(self) -> tuple:
         """What must not change between a reviewed plan and its execution."""
-        return self.key, self.action, self.fingerprint
+        return self.key, self.action, self.fingerprint, self.requires
 
     def to_json(self) -> dict[str, Any]:
         return {

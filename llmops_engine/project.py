@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from .errors import ProjectError
 from .specs.base import StrictModel
@@ -28,7 +28,9 @@ class ServeSettings(StrictModel):
 
 class ProjectSettings(StrictModel):
     spec_dirs: list[str] = Field(default_factory=lambda: ["specs"])
-    state_dir: str = Field(default=".llmops", description="Local journal, history and caches.")
+    state_dir: str = Field(
+        default=".llmops", description="Local journal, history and caches: a relative folder inside the repository."
+    )
     artifact_store: str = Field(
         default=".llmops/store", description="Where outputs (by fingerprint), resource records and the apply lock live: a directory, "
         "a file:// URL, or any fsspec URL such as s3://bucket/prefix or gs://bucket/prefix."
@@ -39,6 +41,16 @@ class ProjectSettings(StrictModel):
     )
     ray: RaySettings = Field(default_factory=RaySettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+
+
+    @field_validator("state_dir")
+    @classmethod
+    def _inside_the_repository(cls, value: str) -> str:
+        # Read-only commands write only here: it must not point anywhere else.
+        parts = Path(value).parts
+        if not value or Path(value).is_absolute() or ".." in parts or "\x00" in value:
+            raise ValueError("must be a relative folder inside the repository (no leading '/', no '..')")
+        return value
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -106,7 +107,19 @@ def _read_state(project: Project) -> dict | None:
         state = json.loads(_state_file(project).read_text())
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) and isinstance(state.get("temp_dir"), str) else None
+    return state if isinstance(state, dict) and _is_head_record(state) else None
+
+
+def _is_head_record(state: dict) -> bool:
+    """Only a record naming a temp root of the shape we create is trusted: `down` kills the
+    processes under it and removes it, so a corrupted or planted record must not name
+    anything else (a home directory, a shared folder)."""
+    temp_dir, temp_root = state.get("temp_dir"), state.get("temp_root", state.get("temp_dir"))
+    if not isinstance(temp_dir, str) or not isinstance(temp_root, str):
+        return False
+    root = Path(temp_root)
+    shaped = root.parent == Path(tempfile.gettempdir()) and re.fullmatch(r"llmops-ray-[0-9a-f]{8,16}", root.name)
+    return bool(shaped) and Path(temp_dir) in (root, root / "r")
 
 
 def _write_state(project: Project, state: dict) -> None:
@@ -433,19 +446,14 @@ def head_environment(project: Project, temp_root: Path) -> dict[str, str]:
 
 
 def spec_secret_names(project: Project) -> set[str]:
-    """Environment variables the project's specs name as secrets (Deployment API keys)."""
+    """Environment variables the project's specs name as secrets (e.g. Deployment API keys)."""
     from .specs.loader import load_resources
 
     try:
         resources = load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)
     except (LLMOpsError, OSError):
         return set()  # no loadable specs: the allowlist alone keeps the keys out
-    names = set()
-    for resource in resources:
-        auth = getattr(resource.spec, "auth", None)
-        if isinstance(getattr(auth, "api_keys_env", None), str):
-            names.add(auth.api_keys_env)
-    return names
+    return {name for resource in resources for name in resource.spec.secret_env()}
 
 
 def _wait_for_dashboard(project: Project, state: dict) -> None:

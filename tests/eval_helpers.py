@@ -60,10 +60,12 @@ ROWS = [
 ]
 
 
-def train_tiny(store_root: Path, out_dir: Path, rows=ROWS, steps: int = 80, lr: float = 3e-3, seed: int = 0) -> Path:
+def train_tiny(store_root: Path, out_dir: Path, rows=ROWS, steps: int = 80, lr: float = 3e-3, seed: int = 0,
+               base_model: str = "builtin:tiny-llama") -> Path:
     """Full fine-tune of builtin:tiny-llama on `rows` with a plain loop (the whole set is one
     batch), saved as a TuningJob artifact directory (model/, tokenizer/, template.json,
-    model.json): just enough training for an evaluation test, not a training recipe."""
+    model.json): just enough training for an evaluation test, not a training recipe.
+    `base_model` is what model.json declares as the base (the model an Evaluation compares with)."""
     import torch
 
     from llmops_engine.evaluation.runner import render
@@ -102,6 +104,15 @@ def train_tiny(store_root: Path, out_dir: Path, rows=ROWS, steps: int = 80, lr: 
     tokenizer.save_pretrained(out_dir / "tokenizer")
     template_hash = PromptSpec(template=TEMPLATE["template"]).template_hash()
     (out_dir / "template.json").write_text(json.dumps({**TEMPLATE, "template_hash": template_hash}))
-    meta = {"base_model": "builtin:tiny-llama", "method": "full", "quantization": None, "version": "test-tuned"}
+    meta = {"base_model": base_model, "method": "full", "quantization": None, "version": "test-tuned"}
     (out_dir / "model.json").write_text(json.dumps(meta))
+    return out_dir
+
+
+def as_model_folder(artifact_dir: Path, out_dir: Path) -> Path:
+    """A TuningJob artifact (model/ + tokenizer/) as one HF model folder, usable as path:<dir>."""
+    import shutil
+
+    for part in ("model", "tokenizer"):
+        shutil.copytree(artifact_dir / part, out_dir, dirs_exist_ok=True)
     return out_dir

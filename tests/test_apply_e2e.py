@@ -212,16 +212,29 @@ class DeploymentWithDashboard(recording_controllers.RecordingController):
         return super().apply(resource, ctx, staging) | {"dashboard_url": "http://127.0.0.1:9"}  # nothing listens
 
 
-def test_unobservable_live_state_is_a_note_not_drift(project_root):
+@pytest.mark.parametrize(
+    "settings,action,says",
+    [
+        # The project's own local head is down (llmops down, a reboot): apply must bring it back.
+        ("spec_dirs: [specs]\n", "update", "live app differs: the local Ray head is not running"),
+        # A cluster the plan job cannot reach: say so, change nothing.
+        ("spec_dirs: [specs]\nray: {address: 'ray://127.0.0.1:1'}\n", "no-op",
+         "live state unknown: the Ray dashboard at http://127.0.0.1:9 is not reachable"),
+    ],
+    ids=["local head down", "cluster unreachable"],
+)
+def test_unobservable_live_state(project_root, settings, action, says):
     (project_root / "specs" / "api.yaml").write_text(
         "apiVersion: llmops/v1\nkind: Deployment\nmetadata: {name: api}\n"
         "spec: {model: t, prompt: p, gate: null, auth: none}\n"
     )
+    (project_root / "llmops.yaml").write_text(settings)
     recorders = {kind: recording_controllers.RecordingController(kind) for kind in ("Prompt", "Dataset", "TuningJob")}
     applying = controllers.Registry(recorders | {"Deployment": DeploymentWithDashboard("Deployment")})
     assert engine(project_root, applying).apply().exit_code() == 0
 
     plan = engine(project_root, controllers.Registry(recorders)).plan().plan  # the real Deployment controller observes
-    (action,) = [a for a in plan.actions if a.key == "Deployment/api"]
-    assert action.action == "no-op" and not plan.has_changes()
-    assert action.notes and action.notes[0].startswith("live state unknown: the Ray dashboard at http://127.0.0.1:9")
+    (deployment,) = [a for a in plan.actions if a.key == "Deployment/api"]
+    assert deployment.action == action
+    assert any(says in line for line in deployment.reasons + deployment.notes), deployment
+    assert [a.key for a in plan.changes] == (["Deployment/api"] if action == "update" else [])

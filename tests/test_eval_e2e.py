@@ -1,7 +1,8 @@
 """Evaluation end to end on a real Ray cluster with real (tiny) models: a tuned model passes
 a gate that its untuned base fails, greedy results are reproducible, sampled repeats are seeded
-and aggregated by the worst one, a broken model fails closed, and a failed gate blocks the real
-Deployment after it (`llmops apply` exits 3) until the gate passes."""
+and aggregated by the worst one, a broken model fails closed, a regression set catches a model
+that forgot what its base knew, and a failed gate blocks the real Deployment after it
+(`llmops apply` exits 3) until the gate passes."""
 
 import json
 import shutil
@@ -13,7 +14,9 @@ from llmops_engine.controllers import Registry
 from llmops_engine.controllers.evaluation import EvaluationController
 from llmops_engine.errors import EvaluationError, GateFailed
 from llmops_engine.evaluation.metrics import NOT_DETERMINISTIC
-from tests.eval_helpers import DATASET, PROMPT, ROWS, make_context, publish_dataset, resource, train_tiny
+from tests.eval_helpers import (
+    DATASET, PROMPT, ROWS, as_model_folder, make_context, publish_dataset, resource, train_tiny,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +49,18 @@ def on_cluster(workspace, monkeypatch):
     return workspace["root"]
 
 
-def evaluate(root, tmp_path, tuning=TUNING, **spec):
-    """Apply one Evaluation through its controller; return (outputs, staging dir)."""
+def evaluate(root, tmp_path, tuning=TUNING, regression_rows=None, **spec):
+    """Apply one Evaluation through its controller; return (outputs, staging dir).
+    `regression_rows` is the eval-only Dataset 'general' its regression block may name."""
     spec = {"dataset": "d", "thresholds": GATE, "generation": GENERATION, **spec}
     evaluation = resource("Evaluation", "gate", **spec)
-    ctx = make_context(root, [resource("Prompt", "p", **PROMPT), resource("Dataset", "d", **DATASET), tuning, evaluation])
+    resources = [resource("Prompt", "p", **PROMPT), resource("Dataset", "d", **DATASET), tuning, evaluation]
+    if regression_rows is not None:
+        resources.append(resource("Dataset", "general", **{**DATASET, "split": {"eval_fraction": 1.0}}))
+    ctx = make_context(root, resources)
     publish_dataset(ctx, "d", eval_rows=ROWS, train_rows=ROWS)
+    if regression_rows is not None:
+        publish_dataset(ctx, "general", eval_rows=regression_rows)
     staging = tmp_path / f"staging-{len(list(tmp_path.iterdir()))}"
     staging.mkdir()
     return EvaluationController().apply(evaluation, ctx, staging), staging
@@ -134,6 +143,69 @@ def test_a_model_that_cannot_load_fails_closed_with_a_clear_error(on_cluster, tm
     (directory / "model").mkdir()  # weights gone
     with pytest.raises(EvaluationError, match="evaluation task failed: .*cannot load model"):
         evaluate(on_cluster, tmp_path, tuning=broken, model="broken")
+
+
+# --- the gate against forgetting ---------------------------------------------------------------
+FORGETFUL = resource("TuningJob", "forgetful", base_model="builtin:tiny-llama", dataset="d", prompt="p", method="full")
+
+
+@pytest.fixture(scope="module")
+def forgetful(workspace):
+    """A base that knows ROWS (this module's tuned model, as a path: model folder) and a
+    candidate declared as tuned from it that has forgotten them all (the untrained tiny model):
+    forgetting as large and measurable as it gets, without training another model."""
+    root = workspace["root"]
+    ctx = make_context(root, [TUNING, FORGETFUL])
+    knowing = as_model_folder(ctx.artifact_dir(TUNING.key), root / "knowing-base")
+    train_tiny(ctx.store.root, ctx.artifact_dir(FORGETFUL.key), steps=0, base_model=f"path:{knowing}")
+    return knowing
+
+
+# Half of the regression set is what the base knows (ROWS it memorized), half general questions
+# neither model can answer, so the forgetting measured is partial and a threshold can sit below it.
+GENERAL = ROWS[:3] + [
+    {"instruction": "What is the capital of France?", "input": "", "output": "Paris."},
+    {"instruction": "How many legs does a spider have?", "input": "", "output": "Eight."},
+    {"instruction": "What colour is the sky?", "input": "", "output": "Blue."},
+]
+
+
+def test_the_regression_set_catches_forgetting_and_its_threshold_decides(on_cluster, forgetful, tmp_path):
+    def gate(min_delta):
+        return evaluate(
+            on_cluster, tmp_path, tuning=FORGETFUL, model="forgetful", regression_rows=GENERAL,
+            compare_to="none",  # the base is scored on the regression set only
+            thresholds=[{"metric": "eval_loss", "max": 100}],  # main gate: always met here
+            regression={"dataset": "general", "metrics": ["exact_match"],
+                        "thresholds": [{"metric": "rouge_l", "min_delta_vs_baseline": min_delta}]},
+        )
+
+    with pytest.raises(GateFailed) as caught:
+        gate(-0.05)
+    table = caught.value.table
+    assert "| regression.rouge_l |" in table and "improvement >= -0.05 vs base" in table
+    assert "1 on the regression set general" in str(caught.value)
+    metrics = json.loads((caught.value.report_dir / "metrics.json").read_text())
+    main, regression = metrics["thresholds"]
+    assert (main["metric"], main["status"]) == ("eval_loss", "pass")
+    assert (regression["metric"], regression["status"]) == ("regression.rouge_l", "fail")
+    knows = metrics["regression"]["base"]["metrics"]["rouge_l"]
+    forgot = metrics["regression"]["candidate"]["metrics"]["rouge_l"]
+    assert knows >= 0.4 and forgot <= 0.2, (knows, forgot)  # the base knows half the set; the candidate lost it
+    assert regression["observed"] == pytest.approx(forgot - knows)
+    assert -0.9 < regression["observed"] < -0.2  # partial forgetting: not the -1 floor
+    assert metrics["regression_dataset"]["base_model"] == f"base:path:{forgetful}"
+    assert metrics["regression"]["examples"] == len(GENERAL)
+
+    # the same measured forgetting passes a threshold just below it: the threshold decides
+    outputs, staging = gate(round(regression["observed"] - 0.01, 4))
+    assert outputs["passed"] is True
+    assert outputs["regression_metrics"]["candidate"]["rouge_l"] == pytest.approx(forgot)  # greedy: same numbers
+    assert outputs["regression_metrics"]["base"]["rouge_l"] == pytest.approx(knows)
+    assert "base" not in outputs["baseline_metrics"]  # compare_to: none; base scored on regression only
+    report = (staging / "report.md").read_text()
+    assert "## Regression set: general" in report and "| regression.rouge_l |" in report
+    assert len((staging / "regression_examples.jsonl").read_text().splitlines()) == len(GENERAL)
 
 
 # --- through the reconciler: a failed gate stops the Deployment ---------------------------------

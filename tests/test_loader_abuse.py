@@ -213,3 +213,7 @@ def test_shipped_prompts_render_as_before():
             chosen = spec.template_no_input if (not values["input"] and spec.template_no_input) else spec.template
             expected = chosen.format(**values)
             assert spec.render(**values) == (f"{spec.system}\n{expected}" if spec.system else expected)
+
+
+def test_a_regex_too_deeply_nested_to_check_is_refused_not_a_crash():
+    assert "nests groups too deeply" in regex_problem("(" * 300 + "a" + ")" * 300)

@@ -142,6 +142,8 @@ CASES = [
      19, "spec.route_prefix", "used by Deployment 'a1' (specs/broken.yaml:9) and Deployment 'a2' (specs/broken.yaml:19)"),
     ("route-prefix-gateway", DEPLOYMENT.format(name="a1", extra="  route_prefix: /\n"),
      9, "spec.route_prefix", "taken by the project's gateway"),
+    ("gateway-name", DEPLOYMENT.format(name="llmops-gateway", extra=""),
+     3, "metadata.name", "'llmops-gateway' is the name of the project's gateway"),
     # Cross-field errors point at the field at fault, not at the document.
     ("lora-4bit", TUNING.format(name="t2", dataset="d", prompt="p", extra="  method: lora\n  quantization:\n    bits: 4\n"),
      10, "spec.quantization.bits", "4-bit quantization with LoRA is QLoRA"),

@@ -215,6 +215,28 @@ def test_only_a_private_directory_of_ours_is_reused(tmp_path, make, private):
     assert raycluster._is_private_dir(path) is private
 
 
+@pytest.mark.parametrize(
+    "record,trusted",
+    [
+        ({"temp_root": "{tmp}/llmops-ray-0123abcd", "temp_dir": "{tmp}/llmops-ray-0123abcd/r"}, True),
+        ({"temp_dir": "{tmp}/llmops-ray-0123456789"}, True),  # a record from before the private root
+        ({"temp_root": "{home}", "temp_dir": "{home}/r"}, False),  # planted: down would kill and remove it
+        ({"temp_root": "{tmp}/llmops-ray-0123abcd", "temp_dir": "/etc"}, False),
+        ({"temp_root": "{tmp}/other", "temp_dir": "{tmp}/other/r"}, False),
+        ({"temp_dir": 5}, False),
+    ],
+)
+def test_only_a_head_record_of_our_shape_is_trusted(project_root, record, trusted):
+    import tempfile
+
+    values = {"tmp": tempfile.gettempdir(), "home": str(Path.home())}
+    state = {k: v.format(**values) if isinstance(v, str) else v for k, v in record.items()}
+    project = load_project(project_root)
+    (project.state_dir / "ray").mkdir(parents=True, exist_ok=True)
+    (project.state_dir / "ray" / "cluster.json").write_text(json.dumps(state))
+    assert (raycluster._read_state(project) is not None) == trusted
+
+
 def test_a_pre_created_temp_root_is_refused(tmp_path):
     planted = tmp_path / "llmops-ray-planted"
     planted.mkdir(mode=0o777)

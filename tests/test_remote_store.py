@@ -334,7 +334,7 @@ def test_an_evaluation_on_a_second_machine_fetches_its_model_from_s3(ray_project
 
     from llmops_engine.controllers.evaluation import EvaluationController
     from llmops_engine.evaluation.contenders import Contender
-    from llmops_engine.evaluation.runner import run_on_cluster
+    from llmops_engine.evaluation.runner import Suite, run_on_cluster
     from llmops_engine.specs.evaluation import Generation
     from llmops_engine.state.stores import node_cache_dir
     from tests.eval_helpers import DATASET, PROMPT, ROWS, TEMPLATE, make_context, resource, train_tiny
@@ -367,7 +367,8 @@ def test_an_evaluation_on_a_second_machine_fetches_its_model_from_s3(ray_project
     # A Ray worker on a node without that path fetches the model itself, into its node cache.
     elsewhere = Contender("candidate", model_fingerprint, TEMPLATE, "", model_dir=str(tmp_path / "not-on-this-node"),
                           store_url=s3_store)
-    runs = run_on_cluster(machine_b.project, machine_b.store.root, [elsewhere], ROWS[:2],
+    suites = [Suite("main", ROWS[:2], ["candidate"])]
+    runs = run_on_cluster(machine_b.project, machine_b.store.root, [elsewhere], suites,
                           Generation(max_new_tokens=4), repeats=1, gpus=0, run_name="elsewhere")
-    assert len(runs["candidate"][0].outputs) == 2
+    assert len(runs["main"]["candidate"][0].outputs) == 2
     assert any(node_cache_dir().rglob(f"objects/{model_fingerprint}/model/config.json"))

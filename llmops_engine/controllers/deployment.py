@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import DeploymentError, GateFailed, LiveStateUnknown, LLMOpsError
 from ..project import Project
@@ -74,9 +75,14 @@ class DeploymentController(BaseController):
         url = os.environ.get("RAY_DASHBOARD_URL") or record.outputs.get("dashboard_url")
         if not url:
             return None
+        if not (os.environ.get("RAY_DASHBOARD_URL") or _is_loopback(url)):
+            # The recorded URL comes from the shared store: never send the cluster token to it.
+            raise LiveStateUnknown(f"set RAY_DASHBOARD_URL to observe the cluster this deployment runs on ({url})")
         try:
             apps = Dashboard(url, raycluster.dashboard_headers(project), timeout_s=5).details().get("applications") or {}
         except LLMOpsError as exc:
+            if project.ray_address() is None and _is_loopback(url):
+                return "the local Ray head is not running (after `llmops down` or a reboot)"
             raise LiveStateUnknown(f"the Ray dashboard at {url} is not reachable") from exc
         live = apps.get(record.name)
         if live is None or not live.get("deployed_app_config"):
@@ -94,6 +100,11 @@ class DeploymentController(BaseController):
         if config_digest(config) != record.outputs.get("serve_config_digest"):
             return "live app differs: its Serve config was changed outside llmops"
         return None
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _check_gate(resource: Resource, ctx: ApplyContext, fingerprint: str) -> None:

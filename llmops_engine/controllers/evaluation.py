@@ -1,10 +1,11 @@
 """Evaluation controller: score a candidate model and its baselines, then gate promotion.
 
-Recipe: pick the contenders (candidate, base, live champion) → read the eval split → run
-them all in one Ray task → compute metrics → judge thresholds → write metrics.json,
-examples.jsonl and report.md. A failed gate raises GateFailed (which stops everything
-downstream); its report is kept under <store>/reports/<fingerprint>/, outside objects/,
-so it can be read but never mistaken for a passed result.
+Recipe: pick the contenders (candidate, base, live champion) → read the eval split (and the
+regression set's, scored for the candidate and the base) → run them all in one Ray task →
+compute metrics → judge thresholds → write metrics.json, examples.jsonl and report.md.
+A failed gate raises GateFailed (which stops everything downstream); its report is kept
+under <store>/reports/<fingerprint>/, outside objects/, so it can be read but never mistaken
+for a passed result.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from pathlib import Path
 
 from ..errors import GateFailed
 from ..evaluation import contenders as pick
-from ..evaluation.gates import table
-from ..evaluation.outcome import Outcome, assess
+from ..evaluation.contenders import Contender
+from ..evaluation.gates import REGRESSION_PREFIX, table
+from ..evaluation.outcome import REGRESSION_ROLES, Outcome, assess
 from ..evaluation.report import write_results
 from ..specs.resource import Resource
 from .base import ApplyContext, BaseController, Outputs
@@ -24,7 +26,7 @@ class EvaluationController(BaseController):
     kind = "Evaluation"
 
     def apply(self, resource: Resource, ctx: ApplyContext, staging: Path) -> Outputs:
-        from ..evaluation.runner import load_examples, run_on_cluster
+        from ..evaluation.runner import load_examples
 
         spec = resource.spec
         fingerprint = ctx.fingerprint(resource.key)
@@ -35,17 +37,15 @@ class EvaluationController(BaseController):
             ctx.report(f"{resource.key}: not comparing with {name}: {why}")
 
         examples = load_examples(ctx.artifact_dir(f"Dataset/{spec.dataset}"), spec.max_examples)
-        runs = {}
-        if examples:  # an empty split runs nothing and fails closed in the verdict
-            ctx.report(
-                f"{resource.key}: scoring {', '.join(c.role for c in contenders)} on {len(examples)} examples"
-            )
-            runs = run_on_cluster(
-                ctx.project, ctx.store.root, contenders, examples, spec.generation, spec.repeats, spec.gpus,
-                run_name=f"{resource.name}-{fingerprint[:12]}",
-            )
-        outcome = assess(spec, contenders, skipped, examples, runs)
-        write_results(staging, outcome, _run_info(resource, ctx, fingerprint, candidate))
+        regression_examples = regression_base = None
+        if spec.regression is not None:
+            regression_dir = ctx.artifact_dir(f"Dataset/{spec.regression.dataset}")
+            regression_examples = load_examples(regression_dir, spec.max_examples)
+            regression_base = next((c for c in baselines if c.role == "base"), None) or pick.base_of(candidate, ctx)
+        runs = _run(resource, ctx, fingerprint, contenders, examples, regression_examples, regression_base)
+        outcome = assess(spec, contenders, skipped, examples, runs.get("main", {}),
+                         regression_examples, runs.get("regression", {}))
+        write_results(staging, outcome, _run_info(resource, ctx, fingerprint, candidate, regression_base))
 
         if not outcome.verdict.passed:
             report_dir = ctx.store.keep_report(fingerprint, staging)
@@ -54,31 +54,66 @@ class EvaluationController(BaseController):
         return _outputs(outcome)
 
 
-def _run_info(resource: Resource, ctx: ApplyContext, fingerprint: str, candidate) -> dict:
+def _run(resource: Resource, ctx: ApplyContext, fingerprint: str, contenders: list[Contender],
+         examples: list[dict], regression_examples: list[dict] | None, regression_base: Contender | None) -> dict:
+    """Score every suite that has examples in one Ray task: suite -> role -> runs. An empty
+    split runs nothing and fails closed in the verdict."""
+    from ..evaluation.runner import Suite, run_on_cluster
+
     spec = resource.spec
-    dataset_key = f"Dataset/{spec.dataset}"
-    try:
-        content_hash = ctx.outputs_of(dataset_key).get("content_hash", {}).get("eval")
-    except KeyError:
-        content_hash = None
+    suites = [Suite("main", examples, [c.role for c in contenders])]
+    loaded = list(contenders)
+    if regression_examples is not None:
+        suites.append(Suite("regression", regression_examples, list(REGRESSION_ROLES)))
+        if regression_base not in contenders:  # compare_to has no base: it is scored on the regression set only
+            loaded.append(regression_base)
+    suites = [s for s in suites if s.examples]
+    if not suites:
+        return {}
+    scored = {role for s in suites for role in s.roles}
+    ctx.report(f"{resource.key}: scoring " + "; ".join(
+        f"{', '.join(s.roles)} on {len(s.examples)} {s.name} examples" for s in suites
+    ))
+    return run_on_cluster(
+        ctx.project, ctx.store.root, [c for c in loaded if c.role in scored], suites, spec.generation,
+        spec.repeats, spec.gpus, run_name=f"{resource.name}-{fingerprint[:12]}",
+    )
+
+
+def _run_info(resource: Resource, ctx: ApplyContext, fingerprint: str, candidate: Contender,
+              regression_base: Contender | None) -> dict:
+    spec = resource.spec
     return {
         "evaluation": resource.name,
         "fingerprint": fingerprint,
-        "dataset": {"name": spec.dataset, "fingerprint": ctx.fingerprint(dataset_key), "eval_content_hash": content_hash},
+        "dataset": _dataset_info(ctx, spec.dataset),
         "seed": spec.generation.seed,
         "batch_size": spec.generation.batch_size,
         "template_hash": candidate.template_hash,
         "generation": spec.generation.model_dump(),
         "repeats": spec.repeats,
         "aggregate": spec.aggregate,
+        **({"regression_dataset": {**_dataset_info(ctx, spec.regression.dataset), "base_model": regression_base.label}}
+           if regression_base else {}),
     }
 
 
+def _dataset_info(ctx: ApplyContext, name: str) -> dict:
+    key = f"Dataset/{name}"
+    try:
+        content_hash = ctx.outputs_of(key).get("content_hash", {}).get("eval")
+    except KeyError:
+        content_hash = None
+    return {"name": name, "fingerprint": ctx.fingerprint(key), "eval_content_hash": content_hash}
+
+
 def _gate_failed(resource: Resource, outcome: Outcome, report_dir: Path, shared_url: str | None) -> GateFailed:
-    failed = len(outcome.verdict.failures)
+    failures = outcome.verdict.failures
+    forgot = sum(c.metric.startswith(REGRESSION_PREFIX) for c in failures)
+    on_regression = f", {forgot} on the regression set {outcome.regression.dataset}" if forgot else ""
     gate_table = table(outcome.verdict)
     lines = [
-        f"{resource.key}: gate failed ({failed} of {len(outcome.verdict.checks)} checks): "
+        f"{resource.key}: gate failed ({len(failures)} of {len(outcome.verdict.checks)} checks{on_regression}): "
         f"{resource.spec.model} is not promoted; the live version keeps serving.",
         gate_table,
         *[f"note: {n}" for n in outcome.notes],
@@ -94,6 +129,8 @@ def _outputs(outcome: Outcome) -> Outputs:
         "metrics": outcome.scores[outcome.candidate.role].values,
         "baseline_metrics": {c.role: outcome.scores[c.role].values for c in outcome.baselines},
         "examples": len(outcome.examples),
+        **({"regression_metrics": {role: s.values for role, s in outcome.regression.scores.items()}}
+           if outcome.regression else {}),
         "notes": outcome.notes,
         "report": "report.md",
     }

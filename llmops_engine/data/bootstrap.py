@@ -1,7 +1,7 @@
 """Get DVC-tracked raw data in place on a fresh clone, without importing DVC in-process.
 
-For each `*.dvc` file at the repository root (the demo has `data.dvc`), every tracked
-file that is missing is recreated:
+For each DVC record the repository holds (`dvcrecords.py` finds and checks them; the demo has
+`data.dvc`), every tracked file that is missing is recreated:
   1. by the builtin generator the file names in `meta: {llmops_generator: <name>}`, then
      checked byte for byte against the recorded md5 (a mismatch is an error, never
      silently accepted), and committed to the DVC cache (`dvc commit`, a subprocess);
@@ -15,34 +15,30 @@ import hashlib
 import os
 from pathlib import Path
 
-import yaml
-
+from ..dvcrecords import DvcRecord, records
 from ..errors import DataError
 
 
 def ensure_raw_data(root: Path) -> list[str]:
-    """Make every root-level .dvc record's files present; return what was restored."""
+    """Make every file a DVC record tracks present; return what was restored."""
     restored: list[str] = []
-    for record in sorted(p for p in root.glob("*.dvc") if p.is_file()):
-        for path in _restore_record(root, record):
-            restored.append(path)
+    for record in records(root):
+        restored += _restore_record(root, record)
     return restored
 
 
-def _restore_record(root: Path, record: Path) -> list[str]:
-    document = yaml.safe_load(record.read_text()) or {}
-    generator = (document.get("meta") or {}).get("llmops_generator")
+def _restore_record(root: Path, record: DvcRecord) -> list[str]:
     restored = []
-    for out in document.get("outs") or []:
-        target = (record.parent / out["path"]).resolve()
+    for out in record.outs:
+        target = root.resolve() / out.path
         if target.exists():
             continue
-        if generator and "md5" in out and not out["md5"].endswith(".dir"):
-            _generate(generator, target, out["md5"], record)
-            _commit_to_cache(root, record)
+        if record.generator and out.md5:
+            _generate(record.generator, target, out.md5, record.file)
+            _commit_to_cache(root, record.file)
         else:
-            _pull(root, record, target)
-        restored.append(target.relative_to(root.resolve()).as_posix())
+            _pull(root, record.file, target)
+        restored.append(out.path)
     return restored
 
 
@@ -69,15 +65,19 @@ def _commit_to_cache(root: Path, record: Path) -> None:
     if (root / ".dvc").is_dir():
         from .dvc_stage import run_dvc
 
-        run_dvc(root, "commit", "--force", "--quiet", record.name)
+        run_dvc(root, "commit", "--force", "--quiet", _relative(root, record))
 
 
 def _pull(root: Path, record: Path, target: Path) -> None:
     from .dvc_stage import run_dvc
 
-    done = run_dvc(root, "pull", record.name, check=False)
+    done = run_dvc(root, "pull", _relative(root, record), check=False)
     if done.returncode != 0 or not target.exists():
         raise DataError(
             f"{target.relative_to(root)} (tracked by {record.name}) is missing and `dvc pull` could not fetch it:\n"
             f"{(done.stderr or done.stdout).strip()[-1500:]}\nConfigure a DVC remote or put the file in place."
         )
+
+
+def _relative(root: Path, record: Path) -> str:
+    return record.relative_to(root.resolve()).as_posix()

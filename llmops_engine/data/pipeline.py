@@ -48,7 +48,7 @@ def build(name: str, spec: DatasetSpec, root: Path, out_dir: Path, failure_dir: 
         if not result.report["success"]:
             _keep_failure_reports(work, failure_dir)
             raise ValidationFailed(failure_message(name, result.report, failure_dir / REPORT_MD))
-        _check_split(name, result)
+        _check_split(name, spec, result)
         _swap_in(work, out_dir)
         return result
     finally:
@@ -116,7 +116,11 @@ def _read_written(work: Path) -> Iterator[Example]:
             yield from map(json.loads, handle)
 
 
-def _check_split(name: str, result: BuildResult) -> None:
+def _check_split(name: str, spec: DatasetSpec, result: BuildResult) -> None:
+    if spec.split.eval_only():  # a benchmark or regression set: train is empty by design
+        if result.eval_rows == 0:
+            raise DataError(f"Dataset {name}: no rows to evaluate; add data or loosen the transforms")
+        return
     if result.train_rows == 0 or result.eval_rows == 0:
         raise DataError(
             f"Dataset {name}: the split left {result.train_rows} train and {result.eval_rows} eval rows; "

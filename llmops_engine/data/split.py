@@ -16,4 +16,8 @@ _SCALE = float(2**64)
 
 
 def is_eval(example: Example, split: Split) -> bool:
+    # An eval-only Dataset keeps every row: hashes near 2**64 round up to 1.0 as floats,
+    # so `< 1.0` alone would send a rare row to train.
+    if split.eval_only():
+        return True
     return content_hash(["split", split.seed], example) / _SCALE < split.eval_fraction

@@ -45,7 +45,7 @@ def baselines(resource: Resource, ctx: ApplyContext, cand: Contender) -> tuple[l
     found, skipped = [], {}
     for name in resource.spec.baselines():
         if name == "base":
-            found.append(_base_of(cand, ctx))
+            found.append(base_of(cand, ctx))
             continue
         champion = live_champion(resource.name, ctx)
         if champion is None:
@@ -90,7 +90,7 @@ def _trained(role: str, fingerprint: str, model_dir: Path, store_url: str) -> Co
     )
 
 
-def _base_of(cand: Contender, ctx: ApplyContext) -> Contender:
+def base_of(cand: Contender, ctx: ApplyContext) -> Contender:
     """The untuned base model, asked with the candidate's template."""
     if cand.base_ref is not None:
         ref = cand.base_ref

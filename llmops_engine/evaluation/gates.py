@@ -10,6 +10,9 @@ Relative bounds measure improvement, so they read the same for every metric:
 rouge_l, lower for eval_loss or latency. `min_ratio_vs_baseline: 1.1` likewise means
 "at least 1.1 times as good" (candidate/baseline, or baseline/candidate where lower is
 better). For the neutral output_tokens_mean the plain difference and ratio are used.
+
+A regression set (general knowledge the base model has) is judged the same way, against the
+base model, and its checks join the gate: the gate passes only when both sets' checks hold.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..specs.evaluation import Threshold
 from .metrics import LOWER_IS_BETTER
 
 Status = Literal["pass", "fail", "skipped"]
+REGRESSION_PREFIX = "regression."
 MetricValues = Mapping[str, float | None]
 
 
@@ -98,6 +102,13 @@ def judge(
                 verdict.checks.append(_relative(check, baselines[name], errors, evaluation_error))
     verdict.notes = sorted({c.note for c in verdict.checks if c.status == "skipped"})
     return verdict
+
+
+def with_regression(main: Verdict, regression: Verdict) -> Verdict:
+    """One gate from the main checks and the regression set's, whose metrics are labelled
+    `regression.<metric>` so that every table and document tells the two apart."""
+    labelled = [_with(c, metric=REGRESSION_PREFIX + c.metric) for c in regression.checks]
+    return Verdict(checks=main.checks + labelled, notes=sorted({*main.notes, *regression.notes}))
 
 
 def _baselines_for(threshold: Threshold, baselines: Mapping[str, MetricValues | None]) -> list[str]:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from ..specs.evaluation import EvaluationSpec
 from .contenders import Contender
-from .gates import Verdict, judge
+from .gates import Verdict, judge, with_regression
 from .metrics import ModelRun, Scores, aggregate, score
+
+REGRESSION_ROLES = ("candidate", "base")  # forgetting is measured against what the base knows
+
+
+@dataclass
+class RegressionOutcome:
+    """The regression set: the candidate and the base scored on a second dataset."""
+
+    dataset: str
+    examples: list[dict]
+    runs: dict[str, list[ModelRun]]  # role -> one run per repeat
+    scores: dict[str, Scores]  # candidate, base
 
 
 @dataclass
@@ -17,8 +30,9 @@ class Outcome:
     examples: list[dict]
     runs: dict[str, list[ModelRun]]  # role -> one run per repeat
     scores: dict[str, Scores]  # role -> aggregated values; per-example scores of repeat 1
-    verdict: Verdict
+    verdict: Verdict  # the whole gate: main checks, then the regression set's
     notes: list[str] = field(default_factory=list)
+    regression: RegressionOutcome | None = None
 
     @property
     def candidate(self) -> Contender:
@@ -35,9 +49,14 @@ def assess(
     skipped: dict[str, str],
     examples: list[dict],
     runs: dict[str, list[ModelRun]],
+    regression_examples: list[dict] | None = None,
+    regression_runs: dict[str, list[ModelRun]] | None = None,
 ) -> Outcome:
+    """Score and judge. With `spec.regression`, `regression_examples` is its eval split and
+    `regression_runs` the candidate's and base's runs on it (missing runs fail closed)."""
     expected = [e["output"] for e in examples]
-    scores = {c.role: _score_repeats(spec, expected, runs.get(c.role, [])) for c in contenders}
+    names = spec.metric_names()
+    scores = {c.role: _score_repeats(spec, names, expected, runs.get(c.role, [])) for c in contenders}
     cand = contenders[0].role
     baselines = {c.role: scores[c.role].values for c in contenders[1:]}
     baselines.update({name: None for name in skipped})
@@ -45,11 +64,32 @@ def assess(
         spec.thresholds, scores[cand].values, baselines, examples=len(examples), errors=scores[cand].errors
     )
     notes = [f"{name}: {why}; relative thresholds against it were skipped" for name, why in skipped.items()]
-    return Outcome(contenders, skipped, examples, runs, scores, verdict, notes)
+    regression = None
+    if spec.regression is not None:
+        regression = _regression(spec, regression_examples or [], regression_runs or {})
+        verdict = with_regression(verdict, _judge_regression(spec, regression))
+    return Outcome(contenders, skipped, examples, runs, scores, verdict, notes, regression)
 
 
-def _score_repeats(spec: EvaluationSpec, expected: list[str], runs: list[ModelRun]) -> Scores:
-    names = spec.metric_names()
+def _regression(spec: EvaluationSpec, examples: list[dict], runs: dict[str, list[ModelRun]]) -> RegressionOutcome:
+    expected = [e["output"] for e in examples]
+    names = spec.regression.metric_names()
+    scores = {role: _score_repeats(spec, names, expected, runs.get(role, [])) for role in REGRESSION_ROLES}
+    return RegressionOutcome(spec.regression.dataset, examples, runs, scores)
+
+
+def _judge_regression(spec: EvaluationSpec, regression: RegressionOutcome) -> Verdict:
+    candidate, base = regression.scores["candidate"], regression.scores["base"]
+    empty = None
+    if not regression.examples:
+        empty = f"the regression set ({regression.dataset}'s eval split) is empty: nothing was evaluated"
+    return judge(
+        spec.regression.thresholds, candidate.values, {"base": base.values},
+        examples=len(regression.examples), errors=candidate.errors, evaluation_error=empty,
+    )
+
+
+def _score_repeats(spec: EvaluationSpec, names: Sequence[str], expected: list[str], runs: list[ModelRun]) -> Scores:
     if not runs:  # nothing was run (empty eval split): every metric is missing
         return Scores({n: None for n in names}, [], {n: "no examples to score" for n in names})
     per_repeat = [score(names, expected, run, spec.metric_options) for run in runs]

@@ -1,4 +1,5 @@
-"""The saved result of an Evaluation: metrics.json, examples.jsonl and report.md."""
+"""The saved result of an Evaluation: metrics.json, examples.jsonl and report.md (plus
+regression_examples.jsonl when a regression set is scored)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .gates import fmt, table
+from .gates import REGRESSION_PREFIX, fmt, table
 from .metrics import LOWER_IS_BETTER, NEUTRAL, NOT_DETERMINISTIC
 from .outcome import Outcome
 
 WORST_EXAMPLES = 5
+REGRESSION_EXAMPLES = "regression_examples.jsonl"
 
 
 def write_results(directory: Path, outcome: Outcome, run_info: dict) -> None:
@@ -19,6 +21,10 @@ def write_results(directory: Path, outcome: Outcome, run_info: dict) -> None:
     with (directory / "examples.jsonl").open("w", encoding="utf-8") as handle:
         for row in example_rows(outcome):
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if outcome.regression is not None:
+        with (directory / REGRESSION_EXAMPLES).open("w", encoding="utf-8") as handle:
+            for row in _rows(outcome.regression.examples, outcome.regression.runs, outcome.regression.scores):
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (directory / "report.md").write_text(markdown(outcome, run_info), encoding="utf-8")
 
 
@@ -32,7 +38,7 @@ def metrics_document(outcome: Outcome, run_info: dict) -> dict:
             "errors": scores.errors,
         }
 
-    return {
+    document = {
         "passed": outcome.verdict.passed,
         "examples": len(outcome.examples),
         "candidate": model_entry(outcome.candidate),
@@ -44,29 +50,42 @@ def metrics_document(outcome: Outcome, run_info: dict) -> dict:
         "not_deterministic": sorted(NOT_DETERMINISTIC),
         **run_info,
     }
+    if outcome.regression is not None:
+        regression = outcome.regression
+        document["regression"] = {
+            "dataset": regression.dataset,
+            "examples": len(regression.examples),
+            **{role: {"metrics": s.values, "errors": s.errors} for role, s in regression.scores.items()},
+        }
+    return document
 
 
 def example_rows(outcome: Outcome):
-    for index, example in enumerate(outcome.examples):
+    return _rows(outcome.examples, outcome.runs, outcome.scores)
+
+
+def _rows(examples: list[dict], runs_by_role: dict[str, list], scores: dict):
+    for index, example in enumerate(examples):
         row = {
             "index": index,
             "instruction": example["instruction"],
             "input": example.get("input", ""),
             "expected": example["output"],
         }
-        for contender in outcome.contenders:
-            runs = outcome.runs.get(contender.role) or []
+        for role in scores:
+            runs = runs_by_role.get(role) or []
             if not runs:
                 continue
-            entry = {"output": runs[0].outputs[index], "scores": outcome.scores[contender.role].per_example[index]}
+            entry = {"output": runs[0].outputs[index], "scores": scores[role].per_example[index]}
             if len(runs) > 1:
                 entry["other_repeats"] = [run.outputs[index] for run in runs[1:]]
-            row[contender.role] = entry
+            row[role] = entry
         yield row
 
 
 def markdown(outcome: Outcome, run_info: dict) -> str:
     verdict = "PASSED" if outcome.verdict.passed else "FAILED"
+    roles = [c.role for c in outcome.contenders]
     lines = [
         f"# Evaluation {run_info['evaluation']}: gate {verdict}",
         "",
@@ -84,15 +103,47 @@ def markdown(outcome: Outcome, run_info: dict) -> str:
         "",
         "## Metrics",
         "",
-        _metrics_table(outcome),
+        _metrics_table(roles, outcome.scores),
         "",
         "Latency is the wall time of the batched generate call that answered each example "
         "(after one warm-up call); it varies between runs, every other metric is deterministic "
         "for greedy decoding.",
         "",
-        *_worst_examples(outcome),
+        *_regression_section(outcome, run_info),
+        *_worst_examples("", outcome.examples, outcome.runs, outcome.scores, _gated(outcome, main=True)),
     ]
+    if outcome.regression is not None:
+        regression = outcome.regression
+        gated = _gated(outcome, main=False)
+        lines += _worst_examples("regression ", regression.examples, regression.runs, regression.scores, gated)
     return "\n".join(lines) + "\n"
+
+
+def _regression_section(outcome: Outcome, run_info: dict) -> list[str]:
+    """The regression set's metrics, candidate beside base; its checks are in the gate table
+    above as `regression.<metric>`."""
+    regression = outcome.regression
+    if regression is None:
+        return []
+    base_model = run_info.get("regression_dataset", {}).get("base_model", "the base model")
+    return [
+        f"## Regression set: {regression.dataset}",
+        "",
+        f"What tuning must not break: {len(regression.examples)} examples from {regression.dataset}'s eval split, "
+        f"answered by the candidate and the base (`{base_model}`) with the same prompt template and decoding. "
+        f"Its checks are the `{REGRESSION_PREFIX}*` rows of the gate.",
+        "",
+        _metrics_table(list(regression.scores), regression.scores),
+        "",
+    ]
+
+
+def _gated(outcome: Outcome, main: bool) -> list[str]:
+    """The gated metrics of the main set (main=True) or of the regression set, in gate order."""
+    names = [c.metric for c in outcome.verdict.checks]
+    if main:
+        return list(dict.fromkeys(n for n in names if not n.startswith(REGRESSION_PREFIX)))
+    return list(dict.fromkeys(n.removeprefix(REGRESSION_PREFIX) for n in names if n.startswith(REGRESSION_PREFIX)))
 
 
 def _decoding(run_info: dict) -> str:
@@ -105,41 +156,38 @@ def _decoding(run_info: dict) -> str:
     )
 
 
-def _metrics_table(outcome: Outcome) -> str:
-    roles = [c.role for c in outcome.contenders]
+def _metrics_table(roles: list[str], scores: dict) -> str:
     header = "| metric | " + " | ".join(roles) + " | better |"
     lines = [header, "|---" * (len(roles) + 2) + "|"]
-    for metric, value in outcome.scores[roles[0]].values.items():
-        cells = [fmt(outcome.scores[r].values.get(metric)) for r in roles]
+    for metric in scores[roles[0]].values:
+        cells = [fmt(scores[r].values.get(metric)) for r in roles]
         better = "-" if metric in NEUTRAL else ("lower" if metric in LOWER_IS_BETTER else "higher")
         lines.append(f"| {metric} | " + " | ".join(cells) + f" | {better} |")
     return "\n".join(lines)
 
 
-def _worst_examples(outcome: Outcome) -> list[str]:
+def _worst_examples(title: str, examples: list[dict], runs_by_role: dict, scores: dict, gated: list[str]) -> list[str]:
     """The candidate's worst examples by the first gated per-example quality metric."""
-    role = outcome.candidate.role
-    per_example = outcome.scores[role].per_example
-    gated = dict.fromkeys(c.metric for c in outcome.verdict.checks)
+    per_example = scores["candidate"].per_example
     metric = next(
         (m for m in gated if per_example and m in per_example[0] and m not in NOT_DETERMINISTIC), None
     )
     if metric is None:
         return []
     order = sorted(range(len(per_example)), key=lambda i: per_example[i][metric], reverse=metric in LOWER_IS_BETTER)
-    lines = [f"## Worst {min(WORST_EXAMPLES, len(order))} examples by {metric}", ""]
+    lines = [f"## Worst {min(WORST_EXAMPLES, len(order))} {title}examples by {metric}", ""]
     for index in order[:WORST_EXAMPLES]:
-        example = outcome.examples[index]
-        lines += [f"### Example {index} ({metric} {fmt(per_example[index][metric])})", ""]
+        example = examples[index]
+        lines += [f"### {(title + 'example').capitalize()} {index} ({metric} {fmt(per_example[index][metric])})", ""]
         lines += [f"- instruction: {_quote(example['instruction'])}"]
         if example.get("input"):
             lines += [f"- input: {_quote(example['input'])}"]
         lines += [f"- expected: {_quote(example['output'])}"]
-        for contender in outcome.contenders:
-            runs = outcome.runs.get(contender.role) or []
+        for role in scores:
+            runs = runs_by_role.get(role) or []
             if runs:
-                score = outcome.scores[contender.role].per_example[index].get(metric)
-                lines += [f"- {contender.role} ({fmt(score)}): {_quote(runs[0].outputs[index])}"]
+                score = scores[role].per_example[index].get(metric)
+                lines += [f"- {role} ({fmt(score)}): {_quote(runs[0].outputs[index])}"]
         lines.append("")
     return lines
 

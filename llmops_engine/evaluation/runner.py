@@ -1,8 +1,10 @@
 """Run the contenders over the eval examples as one Ray task, and read back raw results.
 
 The task loads each model in turn (candidate first, then baselines), so every model sees
-the same prompts in the same run. It returns raw material only — outputs, token counts,
-latencies, losses; metrics are computed on the driver (metrics.py), where they are pure.
+the same prompts in the same run; each model, loaded once, answers every suite (the main
+eval split, the regression set) it is scored on. It returns raw material only — outputs,
+token counts, latencies, losses; metrics are computed on the driver (metrics.py), where
+they are pure.
 Ray, torch and transformers are imported inside functions.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import EvaluationError, LLMOpsError
@@ -40,24 +42,34 @@ def render(template: dict, example: dict) -> str:
     return PromptSpec.from_saved(template).render(example["instruction"], example.get("input") or "")
 
 
+@dataclass(frozen=True)
+class Suite:
+    """One set of examples and the contenders (by role) scored on it."""
+
+    name: str  # main | regression
+    examples: list[dict]
+    roles: list[str]
+
+
 def run_on_cluster(
     project: Project,
     store_root: Path,
     contenders: list[Contender],
-    examples: list[dict],
+    suites: list[Suite],
     generation: Generation,
     repeats: int,
     gpus: float,
     run_name: str,
-) -> dict[str, list[ModelRun]]:
-    """role -> one ModelRun per repeat. Raises EvaluationError when the task fails."""
+) -> dict[str, dict[str, list[ModelRun]]]:
+    """suite -> role -> one ModelRun per repeat. Raises EvaluationError when the task fails."""
     import ray
 
     from ..raycluster import connect
 
     connect(project)
-    prompts = {c.role: [render(c.template, e) for e in examples] for c in contenders}
-    expected = [e["output"] for e in examples]
+    by_role = {c.role: c for c in contenders}
+    prompts = {s.name: {r: [render(by_role[r].template, e) for e in s.examples] for r in s.roles} for s in suites}
+    expected = {s.name: [e["output"] for e in s.examples] for s in suites}
     task = ray.remote(score_contenders).options(
         name=f"evaluate-{run_name}", num_cpus=1, num_gpus=gpus, max_retries=0
     )
@@ -69,7 +81,10 @@ def run_on_cluster(
         raise EvaluationError(f"the evaluation task failed: {_short(cause)}") from cause
     except ray.exceptions.RayError as exc:
         raise EvaluationError(f"the evaluation task could not run on Ray: {_short(exc)}") from exc
-    return {role: [ModelRun(**r) for r in runs] for role, runs in raw.items()}
+    return {
+        suite: {role: [ModelRun(**r) for r in runs] for role, runs in by_suite.items()}
+        for suite, by_suite in raw.items()
+    }
 
 
 def _short(exc: BaseException) -> str:
@@ -80,25 +95,31 @@ def _short(exc: BaseException) -> str:
 # --- on the Ray worker --------------------------------------------------------------------
 def score_contenders(
     jobs: list[dict],
-    prompts: dict[str, list[str]],
-    expected: list[str],
+    prompts: dict[str, dict[str, list[str]]],
+    expected: dict[str, list[str]],
     generation: dict,
     repeats: int,
     use_gpu: bool,
     store_root: str,
-) -> dict[str, list[dict]]:
+) -> dict[str, dict[str, list[dict]]]:
+    """suite -> role -> one raw run per repeat; `prompts` is suite -> role -> prompts."""
     device = "cuda" if use_gpu else "cpu"
-    results = {}
+    results: dict[str, dict[str, list[dict]]] = {suite: {} for suite in prompts}
     for job in jobs:
         model = _load(Contender(**job), device, Path(store_root))
-        role_prompts = prompts[job["role"]]
-        losses = _losses(model, role_prompts, expected, generation["batch_size"])
-        results[job["role"]] = [
-            {**_decode(model, role_prompts, generation, generation["seed"] + repeat), "losses": losses}
-            for repeat in range(repeats)
-        ]
+        for suite, by_role in prompts.items():
+            if job["role"] in by_role:
+                results[suite][job["role"]] = _runs(model, by_role[job["role"]], expected[suite], generation, repeats)
         del model  # one model in memory at a time
     return results
+
+
+def _runs(model, prompts: list[str], expected: list[str], generation: dict, repeats: int) -> list[dict]:
+    losses = _losses(model, prompts, expected, generation["batch_size"])
+    return [
+        {**_decode(model, prompts, generation, generation["seed"] + repeat), "losses": losses}
+        for repeat in range(repeats)
+    ]
 
 
 def _load(contender: Contender, device: str, store_root: Path):

@@ -22,11 +22,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..specs.deployment import GATEWAY_ROUTE
+from ..specs.deployment import GATEWAY_APP, GATEWAY_ROUTE
 
 IMPORT_PATH = "llmops_engine.serving.app:build"
 GATEWAY_IMPORT_PATH = "llmops_engine.serving.app:build_gateway"
-GATEWAY_APP = "llmops-gateway"
 GATEWAY = "gateway"
 INGRESS = "ingress"
 SLOTS = ("blue", "green")

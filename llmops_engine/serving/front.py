@@ -114,7 +114,13 @@ class Front:
                 complete = following is _END
                 yield pending
                 pending = following
-        finally:  # a client that leaves mid-stream closes this generator early
+        except (GeneratorExit, asyncio.CancelledError):
+            raise  # the client left mid-stream and closed this generator: 499 below
+        except Exception as exc:  # the server failed mid-stream: a 5xx, never hidden as a hang-up
+            entry.update(status=500, error=repr(exc)[:200])
+            complete = True
+            raise
+        finally:
             if not complete:
                 entry.update(status=CLIENT_CLOSED, error="client_closed_request")
             self.record(entry, started)

@@ -60,6 +60,11 @@ class KindSpec(StrictModel):
         """What one run asks of the cluster, for a plan's cost line ("2 workers × 1 CPU")."""
         return None
 
+    def secret_env(self) -> list[str]:
+        """Environment variables this spec names as secrets: passed only to the processes that
+        need them (never, for instance, to the Ray head's processes)."""
+        return []
+
 
 class PathInput(NamedTuple):
     pattern: str

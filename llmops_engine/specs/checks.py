@@ -1,4 +1,5 @@
-"""Checks that need the whole spec set: names, references, cycles, paths, prompt identity, routes."""
+"""Checks that need the whole spec set: names, references, cycles, paths, prompt identity, tuning data,
+routes."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from collections import defaultdict
 from itertools import takewhile
 from pathlib import Path, PurePosixPath
 
+from ..dvcrecords import tracked_files
 from ..errors import SpecIssue
-from .deployment import GATEWAY_PATHS, GATEWAY_ROUTE
+from .deployment import GATEWAY_APP, GATEWAY_PATHS, GATEWAY_ROUTE
 from .resource import Resource, key_of
 
 
@@ -17,6 +19,7 @@ def check_resources(root: Path, resources: list[Resource]) -> list[SpecIssue]:
     _references(by_key, issues)
     _paths(root, resources, issues)
     _prompt_identity(by_key, issues)
+    _tuning_data(by_key, issues)
     _route_prefixes(by_key, issues)
     if not issues:
         from ..graph import find_cycle
@@ -71,7 +74,6 @@ def _references(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
 def _paths(root: Path, resources: list[Resource], issues: list[SpecIssue]) -> None:
     """Every path a spec reads stays inside the repository, and a required one names a file
     now or is tracked by a DVC record (a fresh clone lacks DVC-tracked files until apply)."""
-    from ..data.dvc_records import tracked_files
     from ..paths import match_files
 
     tracked: list[str] | None = None
@@ -116,12 +118,27 @@ def _prompt_identity(by_key: dict[str, Resource], issues: list[SpecIssue]) -> No
         issues.append(_issue(resource, ("spec", "prompt"), message))
 
 
+def _tuning_data(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
+    """A TuningJob needs train rows; an eval-only Dataset (eval_fraction 1.0) has none."""
+    for resource in by_key.values():
+        if resource.kind != "TuningJob":
+            continue
+        dataset = by_key.get(key_of("Dataset", resource.spec.dataset))
+        if dataset is not None and dataset.spec.split.eval_only():
+            message = (f"Dataset '{dataset.name}' is eval-only (split.eval_fraction: 1.0), so it has no train rows; "
+                       "tune on a Dataset with a train split, or lower its eval_fraction")
+            issues.append(_issue(resource, ("spec", "dataset"), message))
+
+
 def _route_prefixes(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
     """Serve routes one prefix to one app: a prefix taken twice, or one the project's gateway
     answers ("/", "/v1", ...), would silently send requests to the wrong deployment."""
     field = ("spec", "route_prefix")
     first_at: dict[str, Resource] = {}
     for resource in by_key.values():
+        if resource.kind == "Deployment" and resource.name == GATEWAY_APP:
+            issues.append(_issue(resource, ("metadata", "name"), f"'{GATEWAY_APP}' is the name of the project's gateway; "
+                                 "choose another name for this deployment"))
         prefix = getattr(resource.spec, "route_prefix", None) if resource.kind == "Deployment" else None
         if prefix is None:
             continue

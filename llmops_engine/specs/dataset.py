@@ -108,8 +108,13 @@ class Transform(StrictModel):
 
 
 class Split(StrictModel):
-    eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+    eval_fraction: float = Field(
+        default=0.1, gt=0, le=1, description="1.0: an eval-only Dataset (a benchmark or regression set), no train rows."
+    )
     seed: int = 42
+
+    def eval_only(self) -> bool:
+        return self.eval_fraction >= 1
 
 
 class ValidationRule(StrictModel):

@@ -64,6 +64,7 @@ class Limits(StrictModel):
 # The project's gateway serves every deployment at "/" (OpenAI paths under /v1); an explicit
 # route_prefix there or under one of the paths it answers itself would shadow it.
 GATEWAY_ROUTE = "/"
+GATEWAY_APP = "llmops-gateway"  # the gateway's Serve app (and request log): no Deployment may take the name
 GATEWAY_PATHS = ("/v1", "/healthz", "/metrics")
 
 
@@ -92,6 +93,9 @@ class DeploymentSpec(KindSpec):
                     "through the project's gateway (one base URL, `model` selects the deployment).",
     )
     log_payloads: bool = False
+
+    def secret_env(self) -> list[str]:
+        return [self.auth.api_keys_env] if isinstance(self.auth, Auth) else []
 
     def references(self) -> list[Reference]:
         return (

@@ -75,6 +75,29 @@ class MetricOptions(StrictModel):
         return value
 
 
+class Regression(StrictModel):
+    """A gate against forgetting: general knowledge the base model has, which tuning must keep."""
+
+    dataset: str = Field(
+        description="A Dataset (usually eval-only: split: {eval_fraction: 1.0}); its eval split is used."
+    )
+    thresholds: list[Threshold] = Field(
+        min_length=1, description="Judged on the regression set; relative bounds compare with the base model."
+    )
+    metrics: list[Metric] = Field(default_factory=list, description="Extra metrics to report (not gated).")
+
+    @model_validator(mode="after")
+    def _against_base(self) -> "Regression":
+        for index, t in enumerate(self.thresholds):
+            if t.baseline not in (None, "base"):
+                message = f"regression thresholds compare with the base model, not '{t.baseline}'; drop 'baseline'"
+                raise FieldError((f"thresholds.{index}.baseline", message))
+        return self
+
+    def metric_names(self) -> list[str]:
+        return list(dict.fromkeys([t.metric for t in self.thresholds] + list(self.metrics)))
+
+
 class EvaluationSpec(KindSpec):
     kind: ClassVar[str] = "Evaluation"
 
@@ -88,7 +111,11 @@ class EvaluationSpec(KindSpec):
     generation: Generation = Field(default_factory=Generation)
     repeats: PositiveInt = 1
     aggregate: Literal["mean", "min"] = "mean"
-    max_examples: PositiveInt | None = None
+    max_examples: PositiveInt | None = Field(default=None, description="Cap on examples scored (per dataset).")
+    regression: Regression | None = Field(
+        default=None,
+        description="A second dataset scored for the candidate and the base; its thresholds join the gate.",
+    )
     gpus: float = Field(default=0, ge=0)
 
     @model_validator(mode="after")
@@ -130,4 +157,5 @@ class EvaluationSpec(KindSpec):
             reference("spec.model", "TuningJob", model)
             + reference("spec.dataset", "Dataset", self.dataset)
             + reference("spec.prompt", "Prompt", self.prompt)
+            + reference("spec.regression.dataset", "Dataset", self.regression.dataset if self.regression else None)
         )

@@ -68,7 +68,10 @@ def regex_problem(pattern: str) -> str | None:
     except (re.error, RecursionError, OverflowError) as exc:
         return f"not a valid regular expression: {exc}"
     ignore_case = bool(tree.state.flags & re.IGNORECASE)
-    danger = _danger(list(tree), ignore_case, in_repeat=False, follow=set())
+    try:
+        danger = _danger(list(tree), ignore_case, in_repeat=False, follow=set())
+    except RecursionError:
+        return "regular expression nests groups too deeply to check; simplify it"
     if danger:
         return f"regular expression can backtrack catastrophically, taking seconds per row: {danger}"
     return None
