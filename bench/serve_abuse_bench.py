@@ -30,8 +30,7 @@ import httpx
 from llmops_engine import raycluster
 from llmops_engine.project import Project, ProjectSettings
 from llmops_engine.serving.config import ModelRef
-from llmops_engine.serving.deploy import deploy, endpoint
-from llmops_engine.serving.rest import http_options
+from llmops_engine.serving.deploy import deploy, endpoint, undeploy
 from llmops_engine.specs.deployment import DeploymentSpec
 
 MODEL = "builtin:tiny-llama"
@@ -153,14 +152,14 @@ def main() -> int:
     started = time.monotonic()
     try:
         raycluster.connect(project)
-        _, _, dashboard = deploy(project, APP, spec, ModelRef(version="builtin", base=MODEL, store_root=str(root)),
+        deploy(project, APP, spec, ModelRef(version="builtin", base=MODEL, store_root=str(root)),
                                  report=lambda line: None)
         print(f"deployed in {time.monotonic() - started:.0f} s; {args.clients} clients, {args.rounds} rounds of "
               f"{args.clients * args.per_client} requests, batching {spec['batching']}", flush=True)
         url, deadline = endpoint(project), time.monotonic() + args.max_seconds
         run_round(url, args.clients, 1, 0.0, deadline)  # warm-up: connections, first batches; not counted
         rounds = [run_round(url, args.clients, args.per_client, 0.1 if r % 2 else 0.0, deadline) for r in range(args.rounds)]
-        dashboard.delete_application(APP, http_options("127.0.0.1", project.settings.serve.port))
+        undeploy(project, APP)
     finally:
         raycluster.stop_local(project)
     return report(rounds, time.monotonic() - started)

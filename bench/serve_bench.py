@@ -21,8 +21,7 @@ import httpx
 
 from llmops_engine.project import Project, ServeSettings, load_project
 from llmops_engine.serving.config import ModelRef
-from llmops_engine.serving.deploy import deploy, endpoint
-from llmops_engine.serving.rest import http_options
+from llmops_engine.serving.deploy import deploy, endpoint, undeploy
 from llmops_engine.specs.deployment import DeploymentSpec
 
 MODEL = "builtin:tiny-llama"
@@ -100,7 +99,7 @@ def main() -> int:
     }).model_dump(mode="json")
     target = ModelRef(version="builtin", base=MODEL, store_root=str(store_root))
 
-    outcome, _, dashboard = deploy(project, APP, spec, target, report=lambda line: None)
+    outcome, _, _ = deploy(project, APP, spec, target, report=lambda line: None)
     try:
         from ray import serve
 
@@ -119,8 +118,7 @@ def main() -> int:
             mean_batch = (after["mean_batch_size"] * after["batches"] - before["mean_batch_size"] * before["batches"]) / max(batches, 1)
             summary(f"serve, {clients:>2} clients", latencies, wall, baseline, f"mean batch {mean_batch:4.1f}")
     finally:
-        serve = project.settings.serve
-        dashboard.delete_application(APP, http_options(serve.host, serve.port))
+        undeploy(project, APP)
     return 0
 
 

@@ -115,6 +115,11 @@ class ModelLoadError(ControllerError):
     """A base model or tuned model could not be found or loaded."""
 
 
+class ChatTemplateError(ModelLoadError):
+    """A `format: chat` Prompt cannot render through a model's chat template: the model has
+    none, the template rejects the messages, or it differs from the one a model was tuned with."""
+
+
 class DeploymentError(ControllerError):
     """Deploying or rolling out a model failed; the live version keeps serving."""
 

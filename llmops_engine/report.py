@@ -60,7 +60,10 @@ def usage_lines(engine: Engine, records: dict[str, ResourceRecord], record: Reso
     key_expr = f'os.environ["{env}"].split(",")[0]' if env else '"none"'
     code = (
         f'import os, openai; c = openai.OpenAI(base_url="{endpoint}", api_key={key_expr}); '
-        f"print(c.chat.completions.create(model={model!r}, messages={messages!r}).choices[0].message.content)"
+        # JSON strings, lists and objects are Python literals too, and double quotes keep the
+        # shell quoting readable.
+        f"print(c.chat.completions.create(model={json.dumps(model)}, "
+        f"messages={json.dumps(messages, ensure_ascii=False)}).choices[0].message.content)"
     )
     lines.append(f"python -c {shlex.quote(code)}")
     return lines

@@ -24,11 +24,10 @@ from pydantic import ValidationError
 
 from llmops_engine.project import Project, ServeSettings
 from llmops_engine.serving.config import INGRESS, ModelRef
-from llmops_engine.serving.deploy import deploy, open_cluster
+from llmops_engine.serving.deploy import deploy, open_cluster, undeploy
 from llmops_engine.serving.openai_api import (
     MAX_PROMPTS_PER_REQUEST, ChatRequest, CompletionRequest, validation_message,
 )
-from llmops_engine.serving.rest import http_options
 from llmops_engine.specs.deployment import DeploymentSpec
 
 APP = "abuse-api"
@@ -184,9 +183,9 @@ def served(ray_project):
     }).model_dump(mode="json")
     target = ModelRef(version=fingerprint[:12], fingerprint=fingerprint, path=str(store.local_path(fingerprint)),
                       store_url=store.url)
-    _, _, dashboard = deploy(project, APP, spec, target, report=lambda line: None)
+    deploy(project, APP, spec, target, report=lambda line: None)
     yield Served(project, f"http://127.0.0.1:{port}{ROUTE}/v1")
-    dashboard.delete_application(APP, http_options("127.0.0.1", port))
+    undeploy(project, APP)
 
 
 def _concurrently(calls: list) -> list:

@@ -125,9 +125,13 @@ def _check_gate(resource: Resource, ctx: ApplyContext, fingerprint: str) -> None
 def _check_prompt(resource: Resource, ctx: ApplyContext, model_key: str) -> None:
     if resource.spec.allow_prompt_mismatch:
         return
-    tuned = (ctx.outputs.get(model_key) or _record_outputs(ctx, model_key)).get("template_hash")
+    tuned_outputs = ctx.outputs.get(model_key) or _record_outputs(ctx, model_key)
+    tuned = tuned_outputs.get("template_hash")
     prompt_key = f"Prompt/{resource.spec.prompt}"
     wanted = (ctx.outputs.get(prompt_key) or _record_outputs(ctx, prompt_key)).get("template_hash")
+    if prompt_key in ctx.resources and tuned_outputs.get("chat_template_sha256"):
+        # A tuned chat prompt's hash covers the model's chat template; hash the Prompt through it too.
+        wanted = ctx.resources[prompt_key].spec.template_hash(tuned_outputs["chat_template_sha256"])
     if tuned and wanted and tuned != wanted:
         raise DeploymentError(
             f"{prompt_key} differs from the prompt {model_key} was tuned with; "

@@ -49,11 +49,12 @@ class TuningController(BaseController):
         from ..models import resolve_base
 
         base = resolve_base(spec.base_model, ctx.store.root, ctx.project.root)
+        chat = _chat_template(prompt_spec, base)
 
         # 2. examples
         from ..training.data import render_pairs, steps_per_epoch
 
-        pairs = render_pairs(rows, prompt_spec)
+        pairs = render_pairs(rows, prompt_spec, chat)
         training = spec.training
         per_epoch = steps_per_epoch(len(pairs), training.batch_size, spec.resources.workers,
                                     training.gradient_accumulation_steps)
@@ -69,6 +70,7 @@ class TuningController(BaseController):
             "lora": spec.lora.model_dump(),
             "training": training.model_dump(),
             "pairs": pairs,
+            "prompt_format": prompt_spec.format,
             "total_steps": total_steps,
         }
         name = run_name(fingerprint, cap)
@@ -81,7 +83,7 @@ class TuningController(BaseController):
             shutil.move(str(result.checkpoint_dir / weights_dir), staging / weights_dir)
 
         # 4. artifacts
-        return _write_artifacts(resource, ctx, staging, base, prompt_spec, result, cap)
+        return _write_artifacts(resource, ctx, staging, base, prompt_spec.saved(chat), result, cap)
 
 
 def _read_train_rows(path: Path, dataset_key: str) -> list[dict]:
@@ -96,6 +98,18 @@ def _read_train_rows(path: Path, dataset_key: str) -> list[dict]:
     return rows
 
 
+def _chat_template(prompt_spec, base):
+    """The base model's own chat template when the Prompt is a chat prompt (else None);
+    a model without one is a ChatTemplateError that says what to use instead."""
+    if prompt_spec.format != "chat":
+        return None
+    from transformers import AutoTokenizer
+
+    from ..models.chat import chat_template_of
+
+    return chat_template_of(AutoTokenizer.from_pretrained(base.path), base.ref)
+
+
 def _total_steps(planned: int) -> tuple[int, int | None]:
     raw = os.environ.get(MAX_STEPS_ENV)
     if not raw:
@@ -105,9 +119,10 @@ def _total_steps(planned: int) -> tuple[int, int | None]:
     return min(planned, int(raw)), int(raw)
 
 
-def _write_artifacts(resource, ctx, staging: Path, base, prompt_spec, result, cap) -> Outputs:
+def _write_artifacts(resource, ctx, staging: Path, base, template: dict, result, cap) -> Outputs:
     from transformers import AutoTokenizer
 
+    from ..specs.prompt import text_sha256
     from ..training.report import training_metrics, write_loss_curve
 
     spec = resource.spec
@@ -116,7 +131,6 @@ def _write_artifacts(resource, ctx, staging: Path, base, prompt_spec, result, ca
     quantization = spec.effective_quantization()
 
     AutoTokenizer.from_pretrained(base.path).save_pretrained(staging / "tokenizer")
-    template = prompt_spec.saved()
     model_info = {"base_model": spec.base_model, "base_path": str(base.path), "method": spec.method,
                   "quantization": quantization.model_dump() if quantization else None, "version": version}
     metrics = training_metrics(result.state, result.wall_seconds)
@@ -124,13 +138,15 @@ def _write_artifacts(resource, ctx, staging: Path, base, prompt_spec, result, ca
     _write_json(staging / "template.json", template)
     _write_json(staging / "model.json", model_info)
     _write_json(staging / "metrics.json", metrics)
-    _write_json(staging / "lineage.json", _lineage(resource, ctx, base, prompt_spec, fingerprint, cap))
+    _write_json(staging / "lineage.json", _lineage(resource, ctx, base, template["template_hash"], fingerprint, cap))
     write_loss_curve(result.state["losses"], staging, f"{resource.name} ({version})")
     if "merged" in spec.export:
         _export_merged(staging, base.path)
     ctx.report(f"{resource.key}: loss {metrics['initial_loss']:.3f} -> {metrics['final_loss']:.3f} "
                f"in {metrics['steps']} steps ({metrics['train_seconds']:.0f}s), model version {version}")
+    chat = {"chat_template_sha256": text_sha256(template["chat_template"])} if template.get("chat_template") else {}
     return {
+        **chat,  # a Deployment's chat Prompt is compared with this model through the same template
         "model_version": version,
         "template_hash": template["template_hash"],
         "initial_loss": metrics["initial_loss"],
@@ -142,7 +158,7 @@ def _write_artifacts(resource, ctx, staging: Path, base, prompt_spec, result, ca
     }
 
 
-def _lineage(resource, ctx, base, prompt_spec, fingerprint: str, cap) -> dict:
+def _lineage(resource, ctx, base, template_hash: str, fingerprint: str, cap) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     dataset_key = f"Dataset/{resource.spec.dataset}"
@@ -161,7 +177,7 @@ def _lineage(resource, ctx, base, prompt_spec, fingerprint: str, cap) -> dict:
         "fingerprint": fingerprint,
         "base_model": {"ref": base.ref, "hash": base.hash, **base.source},
         "dataset": {"resource": dataset_key, "fingerprint": ctx.fingerprint(dataset_key), "content_hash": dataset_hash},
-        "prompt": {"resource": f"Prompt/{resource.spec.prompt}", "template_hash": prompt_spec.template_hash()},
+        "prompt": {"resource": f"Prompt/{resource.spec.prompt}", "template_hash": template_hash},
         "seed": resource.spec.training.seed,
         "max_steps_cap": cap,
         "libraries": versions,

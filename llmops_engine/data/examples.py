@@ -9,7 +9,8 @@ is normalized like this, one example per conversation:
                   (it is the context), other turns one "role: content" line each;
                   "" when there are none.
 The server maps OpenAI chat requests with this same function, so a model is always
-asked in the format it was trained on.
+asked in the format it was trained on; a `format: chat` Prompt takes a request's earlier
+turns as they are instead (`turns_before_last_user`), through the model's chat template.
 A conversation without an assistant or user turn gets output/instruction None, which
 `drop_empty` removes and a not-null rule reports.
 
@@ -46,6 +47,12 @@ def chat_to_example(turns: list[dict]) -> Example:
     history = turns[:last_user] if last_user is not None else []
     lines = [_history_line(turn) for turn in history]
     return {"instruction": instruction, "input": "\n".join(lines), "output": output}
+
+
+def turns_before_last_user(turns: list[dict]) -> list[dict]:
+    """The turns a conversation had before its last user turn, in order, as given."""
+    last_user = _last_index(turns, "user", len(turns))
+    return turns[:last_user] if last_user is not None else []
 
 
 def _history_line(turn: dict) -> str:

@@ -15,14 +15,14 @@ from ..controllers.base import ApplyContext
 from ..errors import EvaluationError
 from ..specs.resource import Resource
 
-TEMPLATE_KEYS = ("system", "template", "template_no_input")
+TEMPLATE_KEYS = ("format", "system", "template", "template_no_input", "chat_template")
 
 
 @dataclass(frozen=True)
 class Contender:
     role: str  # candidate | base | champion
     label: str  # TuningJob fingerprint, or the base model ref
-    template: dict  # system / template / template_no_input, as in template.json
+    template: dict  # TEMPLATE_KEYS, as in template.json (a chat prompt's carries its chat template)
     template_hash: str
     model_dir: str | None = None  # a TuningJob artifact dir ...
     base_ref: str | None = None  # ... or an untuned base model (builtin:, hf:, path:)
@@ -91,7 +91,8 @@ def _trained(role: str, fingerprint: str, model_dir: Path, store_url: str) -> Co
 
 
 def base_of(cand: Contender, ctx: ApplyContext) -> Contender:
-    """The untuned base model, asked with the candidate's template."""
+    """The untuned base model, asked with the candidate's template (a chat prompt through the
+    base's own chat template, which is the one the candidate was tuned through)."""
     if cand.base_ref is not None:
         ref = cand.base_ref
     else:

@@ -2,9 +2,10 @@
 
 The task loads each model in turn (candidate first, then baselines), so every model sees
 the same prompts in the same run; each model, loaded once, answers every suite (the main
-eval split, the regression set) it is scored on. It returns raw material only — outputs,
-token counts, latencies, losses; metrics are computed on the driver (metrics.py), where
-they are pure.
+eval split, the regression set) it is scored on. Prompts are rendered there, beside the
+loaded model, because a chat prompt renders through the model's own chat template. It
+returns raw material only — outputs, token counts, latencies, losses; metrics are computed
+on the driver (metrics.py), where they are pure.
 Ray, torch and transformers are imported inside functions.
 """
 
@@ -37,9 +38,10 @@ def load_examples(dataset_dir: Path, limit: int | None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def render(template: dict, example: dict) -> str:
-    """The prompt for one example; the same rendering the Prompt kind defines."""
-    return PromptSpec.from_saved(template).render(example["instruction"], example.get("input") or "")
+def render(template: dict, example: dict, chat=None) -> str:
+    """The prompt for one example; the same rendering the Prompt kind defines (a chat prompt
+    through `chat`, the loaded model's ChatTemplate)."""
+    return PromptSpec.from_saved(template).render(example["instruction"], example.get("input") or "", chat)
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,15 @@ def run_on_cluster(
     from ..raycluster import connect
 
     connect(project)
-    by_role = {c.role: c for c in contenders}
-    prompts = {s.name: {r: [render(by_role[r].template, e) for e in s.examples] for r in s.roles} for s in suites}
+    questions = {s.name: {"roles": s.roles, "examples": [_question(e) for e in s.examples]} for s in suites}
     expected = {s.name: [e["output"] for e in s.examples] for s in suites}
     task = ray.remote(score_contenders).options(
         name=f"evaluate-{run_name}", num_cpus=1, num_gpus=gpus, max_retries=0
     )
     jobs = [asdict(c) for c in contenders]
     try:
-        raw = ray.get(task.remote(jobs, prompts, expected, generation.model_dump(), repeats, gpus > 0, str(store_root)))
+        pending = task.remote(jobs, questions, expected, generation.model_dump(), repeats, gpus > 0, str(store_root))
+        raw = ray.get(pending)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
         raise EvaluationError(f"the evaluation task failed: {_short(cause)}") from cause
@@ -87,6 +89,10 @@ def run_on_cluster(
     }
 
 
+def _question(example: dict) -> dict:
+    return {"instruction": example["instruction"], "input": example.get("input") or ""}
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc) if isinstance(exc, LLMOpsError) else f"{type(exc).__name__}: {exc}"
     return text.strip()[:500]
@@ -95,21 +101,23 @@ def _short(exc: BaseException) -> str:
 # --- on the Ray worker --------------------------------------------------------------------
 def score_contenders(
     jobs: list[dict],
-    prompts: dict[str, dict[str, list[str]]],
+    questions: dict[str, dict],
     expected: dict[str, list[str]],
     generation: dict,
     repeats: int,
     use_gpu: bool,
     store_root: str,
 ) -> dict[str, dict[str, list[dict]]]:
-    """suite -> role -> one raw run per repeat; `prompts` is suite -> role -> prompts."""
+    """suite -> role -> one raw run per repeat; `questions` is suite -> {roles, examples}."""
     device = "cuda" if use_gpu else "cpu"
-    results: dict[str, dict[str, list[dict]]] = {suite: {} for suite in prompts}
+    results: dict[str, dict[str, list[dict]]] = {suite: {} for suite in questions}
     for job in jobs:
-        model = _load(Contender(**job), device, Path(store_root))
-        for suite, by_role in prompts.items():
-            if job["role"] in by_role:
-                results[suite][job["role"]] = _runs(model, by_role[job["role"]], expected[suite], generation, repeats)
+        contender = Contender(**job)
+        model = _load(contender, device, Path(store_root))
+        for suite, asked in questions.items():
+            if contender.role in asked["roles"]:
+                prompts = [render(contender.template, example, model.chat) for example in asked["examples"]]
+                results[suite][contender.role] = _runs(model, prompts, expected[suite], generation, repeats)
         del model  # one model in memory at a time
     return results
 
@@ -128,7 +136,7 @@ def _load(contender: Contender, device: str, store_root: Path):
 
     if contender.model_dir is not None:
         return load_trained(object_on_this_node(contender.store_url, contender.label, contender.model_dir), device=device)
-    return load_base(contender.base_ref, store_root, device=device)
+    return load_base(contender.base_ref, store_root, device=device, template=contender.template)
 
 
 def _decode(model, prompts: list[str], generation: dict, seed: int) -> dict:

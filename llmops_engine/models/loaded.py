@@ -3,8 +3,11 @@
     load_trained(model_dir)        a TuningJob artifact directory (adapter/ or model/)
     load_base(ref, store_root)     an untuned base model (the evaluation baseline)
 
-`LoadedModel.generate` is batched with left padding, stops each row at EOS and refuses empty prompts;
-`LoadedModel.loss` scores given responses (prompt tokens masked), for perplexity-style metrics.
+`LoadedModel.generate` is batched with left padding, stops each row at EOS (and, for a chat
+prompt, at the chat template's end-of-turn token) and refuses empty prompts; `LoadedModel.loss`
+scores given responses (prompt tokens masked), for perplexity-style metrics. A model loaded
+with a chat prompt (template.json `format: chat`) checks that its tokenizer's chat template
+is the one the prompt was tuned through: a tuned model is never served through another.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ModelLoadError
+from ..errors import ChatTemplateError, ModelLoadError
+from .chat import ChatTemplate, chat_template_of
 from .loading import resolve_base
 from .tokenizer import ensure_pad_token
 
@@ -69,15 +73,43 @@ class LoadedModel:
         self.template = template
         self.device = device
         self.tokenizer.padding_side = "left"  # generation continues each row from its last real token
+        self.chat = self._checked_chat_template()
 
     # prompts -------------------------------------------------------------------
-    def render(self, instruction: str, input: str = "") -> str:
-        """The prompt exactly as the model was tuned on it (template.json of the artifact)."""
+    @property
+    def prompt_format(self) -> str | None:
+        """"text" or "chat", the format of the prompt template; None without one."""
+        return None if self.template is None else (self.template.get("format") or "text")
+
+    def render(self, instruction: str, input: str = "", history: list[dict[str, str]] | None = None) -> str:
+        """The prompt exactly as the model was tuned on it (template.json of the artifact).
+        `history` (earlier chat turns, as given) is for chat prompts; a text prompt has them in `input`."""
         if self.template is None:
             raise ModelLoadError(f"model {self.version} has no prompt template; render prompts yourself")
         from ..specs.prompt import PromptSpec
 
-        return PromptSpec.from_saved(self.template).render(instruction, input)
+        spec = PromptSpec.from_saved(self.template)
+        if self.chat is None:
+            return spec.render(instruction, input)
+        return spec.render_turns(history or [], instruction, input, self.chat)
+
+    def _checked_chat_template(self) -> ChatTemplate | None:
+        if self.prompt_format != "chat":
+            return None
+        chat = chat_template_of(self.tokenizer, f"model {self.version}")
+        saved = self.template.get("chat_template")
+        if saved is not None and saved != chat.text:
+            raise ChatTemplateError(f"model {self.version} was tuned through another chat template than its "
+                                    "tokenizer has now; re-run its TuningJob (or restore its tokenizer/)")
+        return chat
+
+    def _stop_ids(self) -> list[int]:
+        """Where an answer ends: EOS, and a chat prompt's end-of-turn token."""
+        extra = self.chat.end_ids if self.chat else []
+        return list(dict.fromkeys([self.tokenizer.eos_token_id, *extra]))
+
+    def _answer_end_ids(self) -> list[int]:
+        return self.chat.end_ids if self.chat else [self.tokenizer.eos_token_id]
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -96,7 +128,7 @@ class LoadedModel:
 
         if not prompts:
             return []
-        eos = self.tokenizer.eos_token_id
+        stops = self._stop_ids()
         batch = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.device)
         empty = [row for row, length in enumerate(batch["attention_mask"].sum(dim=1).tolist()) if length == 0]
         if empty:
@@ -109,15 +141,16 @@ class LoadedModel:
             output = self.model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                eos_token_id=eos,
+                eos_token_id=stops if len(stops) > 1 else stops[0],
                 pad_token_id=self.tokenizer.pad_token_id,
                 **sampling,
             )
         prompt_width = batch["input_ids"].shape[1]
         results = []
         for row, new_tokens in enumerate(output[:, prompt_width:].tolist()):
-            stopped = eos in new_tokens
-            tokens = new_tokens[: new_tokens.index(eos)] if stopped else new_tokens
+            end = next((at for at, token in enumerate(new_tokens) if token in stops), None)
+            stopped = end is not None
+            tokens = new_tokens[:end] if stopped else new_tokens
             results.append(
                 Generation(
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
@@ -130,7 +163,7 @@ class LoadedModel:
 
     # scoring -----------------------------------------------------------------------
     def loss(self, prompts: list[str], responses: list[str]) -> list[float]:
-        """Mean cross-entropy per example over the response tokens (+ EOS), prompt masked."""
+        """Mean cross-entropy per example over the response tokens (+ their end token), prompt masked."""
         import torch
 
         if len(prompts) != len(responses):
@@ -139,7 +172,7 @@ class LoadedModel:
         with torch.inference_mode():
             for prompt, response in zip(prompts, responses):
                 prompt_ids = self._encode(prompt)
-                response_ids = self._encode(response) + [self.tokenizer.eos_token_id]
+                response_ids = self._encode(response) + self._answer_end_ids()
                 ids = torch.tensor([prompt_ids + response_ids], device=self.device)
                 labels = torch.tensor([[-100] * len(prompt_ids) + response_ids], device=self.device)
                 losses.append(float(self.model(input_ids=ids, labels=labels).loss))
@@ -186,10 +219,11 @@ def _base_with_adapter(model_dir: Path, meta: dict, device: str):
         raise ModelLoadError(f"cannot load the adapter in {model_dir / 'adapter'}: {exc}") from exc
 
 
-def load_base(ref: str, store_root: Path, device: str = "cpu", root: Path | None = None) -> LoadedModel:
-    """An untuned base model (no template: callers render prompts with the Prompt spec)."""
+def load_base(ref: str, store_root: Path, device: str = "cpu", root: Path | None = None,
+              template: dict | None = None) -> LoadedModel:
+    """An untuned base model, asked with `template` (a saved Prompt) when given."""
     from transformers import AutoTokenizer
 
     base = resolve_base(ref, Path(store_root), root)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    return LoadedModel(load_causal_lm(base.path, device=device), tokenizer, f"base:{base.hash[:12]}", None, device)
+    return LoadedModel(load_causal_lm(base.path, device=device), tokenizer, f"base:{base.hash[:12]}", template, device)

@@ -2,7 +2,8 @@
 
 Ids 0-255 are the raw bytes (so any UTF-8 text round-trips exactly), followed by the
 special tokens. It is a regular `PreTrainedTokenizerFast`, so it saves and loads with
-save_pretrained / from_pretrained like any hub tokenizer.
+save_pretrained / from_pretrained like any hub tokenizer. It has no chat template, like a
+base model's tokenizer: a `format: chat` Prompt is refused for it (specs/checks.py).
 """
 
 from __future__ import annotations
@@ -10,15 +11,6 @@ from __future__ import annotations
 EOS, PAD, BOS = "<|eos|>", "<|pad|>", "<|bos|>"
 SPECIAL_TOKENS = (EOS, PAD, BOS)
 VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
-
-# A minimal chat format for `apply_chat_template`; tuned prompts use the Prompt spec.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}### Question:\n{{ message['content'] }}\n### Answer:\n"
-    "{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}"
-    "{% endfor %}"
-)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -55,7 +47,6 @@ def build_byte_tokenizer():
         model_max_length=1024,
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 

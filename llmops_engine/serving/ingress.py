@@ -180,8 +180,7 @@ class Ingress:
         params = {"max_new_tokens": min(requested or cap, cap), "do_sample": temperature > 0,
                   "temperature": temperature or 1.0, "top_p": parsed.top_p or 1.0, "seed": parsed.seed or 0}
         if endpoint == "chat":
-            instruction, context = parsed.instruction_and_input()
-            items = [{"instruction": instruction, "input": context}]
+            items = [parsed.chat_item()]
         else:
             items = [{"prompt": p} for p in parsed.prompts()]
         return {"items": items, "params": params, "stops": parsed.stops(), "live": True}

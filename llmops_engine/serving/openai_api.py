@@ -123,6 +123,15 @@ class ChatRequest(_Sampling):
             raise APIError(400, "messages must contain a user message", "invalid_messages", "messages")
         return example["instruction"], example["input"] or ""
 
+    def chat_item(self) -> dict[str, Any]:
+        """A slot's work item: the instruction and input (how a text prompt takes a conversation,
+        as training data did), and the earlier turns as given (how a chat prompt takes it)."""
+        from ..data.examples import turns_before_last_user
+
+        instruction, context = self.instruction_and_input()
+        turns = [{"role": m.role, "content": m.text()} for m in self.messages]
+        return {"instruction": instruction, "input": context, "history": turns_before_last_user(turns)}
+
 
 class CompletionRequest(_Sampling):
     prompt: StrictStr | list[StrictStr]

@@ -22,6 +22,7 @@ from typing import Any
 
 from ray import serve
 
+from ..errors import ChatTemplateError
 from .config import ModelRef
 from .openai_api import MAX_PROMPTS_PER_REQUEST
 
@@ -35,7 +36,9 @@ def load_model(ref: ModelRef):
     return load_base(ref.base, Path(ref.store_root or "."))
 
 
-def render_chat(model, instruction: str, context: str) -> str:
+def render_chat(model, instruction: str, context: str, history: list[dict[str, str]] | None = None) -> str:
+    if model.prompt_format == "chat":  # earlier turns go through the chat template as turns, not as context
+        return model.render(instruction, "", history or [])
     if model.template:
         return model.render(instruction, context)
     # A base model has no template: a plain transcript is the best it can get.
@@ -97,7 +100,11 @@ class ModelSlot:
         model, version = self.model, self.ref.version
         if request.get("live") and self.ref.fault_error_rate and random.random() < self.ref.fault_error_rate:
             raise RuntimeError(f"injected fault in model version {version}")
-        prompts = [self._prompt(model, item) for item in request["items"]]
+        try:
+            prompts = [self._prompt(model, item) for item in request["items"]]
+        except ChatTemplateError as exc:  # the client's messages, not the replica, are at fault
+            error = {"status": 400, "code": "invalid_messages", "param": "messages", "message": str(exc)[:500]}
+            return {"error": error, "version": version}
         lengths = [len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         if error := self._rejection(request, lengths):
             return {"error": error, "version": version}
@@ -167,7 +174,7 @@ class ModelSlot:
     def _prompt(model, item: dict[str, Any]) -> str:
         if "prompt" in item:
             return item["prompt"]
-        return render_chat(model, item["instruction"], item.get("input", ""))
+        return render_chat(model, item["instruction"], item.get("input", ""), item.get("history"))
 
     @staticmethod
     def _finish(model, out, stops: list[str]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Checks that need the whole spec set: names, references, cycles, paths, prompt identity, tuning data,
-routes."""
+"""Checks that need the whole spec set: names, references, cycles, paths, prompt identity, chat prompts,
+tuning data, routes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def check_resources(root: Path, resources: list[Resource]) -> list[SpecIssue]:
     _references(by_key, issues)
     _paths(root, resources, issues)
     _prompt_identity(by_key, issues)
+    _chat_prompts(by_key, issues)
     _tuning_data(by_key, issues)
     _route_prefixes(by_key, issues)
     if not issues:
@@ -115,6 +116,27 @@ def _prompt_identity(by_key: dict[str, Resource], issues: list[SpecIssue]) -> No
             f"prompt '{served.name}' differs from '{trained.name}', which TuningJob '{job.name}' was trained with; "
             "use the training prompt, or set allow_prompt_mismatch: true"
         )
+        issues.append(_issue(resource, ("spec", "prompt"), message))
+
+
+def _chat_prompts(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
+    """A chat Prompt renders through the base model's chat template: a model known to have none
+    (the byte-level tiny-llama) is reported at the line naming the prompt."""
+    from .prompt import REFS_WITHOUT_CHAT_TEMPLATE
+
+    for resource in by_key.values():
+        if resource.kind == "TuningJob":
+            ref = resource.spec.base_model
+        elif resource.kind == "Evaluation" and resource.spec.model.startswith("base:"):
+            ref = resource.spec.model.removeprefix("base:")
+        else:
+            continue
+        prompt = by_key.get(key_of("Prompt", resource.spec.prompt))
+        if prompt is None or prompt.spec.format != "chat" or ref not in REFS_WITHOUT_CHAT_TEMPLATE:
+            continue
+        message = (f"Prompt '{prompt.name}' has format: chat, but {ref} has no chat template to render it "
+                   "through; use a Prompt with format: text, or a base model with a chat template "
+                   "(e.g. builtin:smollm2-135m-instruct)")
         issues.append(_issue(resource, ("spec", "prompt"), message))
 
 

@@ -6,22 +6,45 @@ the parsed placeholders itself instead of calling `str.format`, so a request's t
 act as a format spec, a conversion or an attribute lookup; for every template the validator
 accepts, the output is byte-for-byte what `template.format(instruction=..., input=...)` gives,
 which keeps the prompt hash that ties serving to training meaningful.
+
+`format: chat` makes the template the user turn of a conversation (after `system`), rendered
+through the base model's own chat template (models/chat.py), which callers pass in: this module
+imports no tokenizer. Its hash then also covers that chat template's text, so a tuned model
+served through another template is caught. `format: text` (the default) renders and hashes
+exactly as before chat prompts existed, and leaves the spec's fingerprint as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from functools import lru_cache
-from typing import ClassVar
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import Field, field_validator
 
+from ..errors import ChatTemplateError
 from .base import KindSpec
 
 FIELDS = ("instruction", "input")
+# Base models known from their reference alone to have no chat template: validate reports a chat
+# Prompt on them before anything runs (any other model is checked when its tokenizer is loaded).
+REFS_WITHOUT_CHAT_TEMPLATE = ("builtin:tiny-llama",)
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _SHOWN_CHARS = 40
+
+
+class ChatRenderer(Protocol):
+    """A model's chat template bound to its tokenizer (models/chat.py ChatTemplate)."""
+
+    text: str  # the template's source
+
+    def render(self, messages: list[dict[str, str]]) -> str: ...
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Placeholder(str):
@@ -76,11 +99,17 @@ def render_template(template: str, values: dict[str, str]) -> str:
 class PromptSpec(KindSpec):
     kind: ClassVar[str] = "Prompt"
 
-    template: str = Field(description="Text before the response; placeholders {instruction} and {input}.")
+    # Left out of the dump when "text", so prompts written before chat prompts keep their fingerprint.
+    format: Literal["text", "chat"] = Field(
+        default="text", exclude_if=lambda value: value == "text",
+        description="text: `system` and the template are the whole prompt. chat: `system` and the template "
+                    "(the user turn) render through the base model's own chat template.",
+    )
+    template: str = Field(description="Text before the response (chat: the user turn); placeholders {instruction} and {input}.")
     template_no_input: str | None = Field(
         default=None, description="Used for rows whose input is empty; defaults to `template`."
     )
-    system: str | None = Field(default=None, description="Optional text prepended to every prompt.")
+    system: str | None = Field(default=None, description="text: a line prepended to every prompt; chat: the system message.")
 
     @field_validator("template", "template_no_input")
     @classmethod
@@ -92,21 +121,47 @@ class PromptSpec(KindSpec):
             raise ValueError("template must contain {instruction}")
         return value
 
-    def render(self, instruction: str, input: str = "") -> str:
-        chosen = self.template_no_input if (not input and self.template_no_input) else self.template
-        text = render_template(chosen, {"instruction": instruction, "input": input})
+    def render(self, instruction: str, input: str = "", chat: ChatRenderer | None = None) -> str:
+        """The prompt for one example; a chat prompt needs the model's chat template."""
+        if self.format == "chat":
+            return self.render_turns([], instruction, input, chat)
+        text = self.user_turn(instruction, input)
         return f"{self.system}\n{text}" if self.system else text
 
-    def saved(self) -> dict:
-        """The form saved with artifacts (template.json): what serving and evaluation render with."""
-        return {"system": self.system, "template": self.template, "template_no_input": self.template_no_input,
-                "template_hash": self.template_hash()}
+    def render_turns(self, history: list[dict[str, str]], instruction: str, input: str,
+                     chat: ChatRenderer | None) -> str:
+        """A chat prompt: the system message, earlier turns as given, then the user turn."""
+        if chat is None:
+            raise ChatTemplateError("a Prompt with format: chat renders through a model's chat template, and none was given")
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return chat.render(system + list(history) + [{"role": "user", "content": self.user_turn(instruction, input)}])
+
+    def user_turn(self, instruction: str, input: str = "") -> str:
+        chosen = self.template_no_input if (not input and self.template_no_input) else self.template
+        return render_template(chosen, {"instruction": instruction, "input": input})
+
+    def saved(self, chat: ChatRenderer | None = None) -> dict:
+        """The form saved with artifacts (template.json): what serving and evaluation render with.
+        A chat prompt saved with a tuned model carries the chat template it was tuned through."""
+        saved = {"system": self.system, "template": self.template, "template_no_input": self.template_no_input}
+        if self.format == "text":
+            return {**saved, "template_hash": self.template_hash()}
+        chat_template = chat.text if chat else None
+        digest = text_sha256(chat_template) if chat_template is not None else None
+        return {"format": "chat", **saved, "chat_template": chat_template, "template_hash": self.template_hash(digest)}
 
     @classmethod
     def from_saved(cls, saved: dict) -> "PromptSpec":
-        fields = ("system", "template", "template_no_input")
+        fields = ("format", "system", "template", "template_no_input")
         return cls.model_validate({k: saved[k] for k in fields if saved.get(k) is not None})
 
-    def template_hash(self) -> str:
-        canonical = "\x00".join([self.system or "", self.template, self.template_no_input or ""])
+    def template_hash(self, chat_template_sha256: str | None = None) -> str:
+        """The prompt's identity. A chat prompt's covers the chat template it renders through
+        (its sha256) when one is known: the Prompt alone has none, a tuned model's has."""
+        if self.format == "text":
+            canonical = "\x00".join([self.system or "", self.template, self.template_no_input or ""])
+        else:  # JSON never holds a raw NUL, so no chat canonical form equals a text one
+            canonical = json.dumps({"format": "chat", "system": self.system, "template": self.template,
+                                    "template_no_input": self.template_no_input,
+                                    "chat_template_sha256": chat_template_sha256}, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,5 +1,8 @@
 """Training examples: render with the Prompt spec, tokenize, mask the prompt in the labels.
 
+The answer is followed by what ends it: EOS for a text prompt; for a chat prompt the chat
+template's end-of-turn token (ChatML `<|im_end|>`), which is where generation stops.
+
 max_seq_len never shortens an answer silently: truncated and dropped rows are counted
 and end up in the training log and metrics.json.
 """
@@ -19,20 +22,33 @@ def read_rows(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def render_pairs(rows: list[dict], prompt_spec) -> list[tuple[str, str]]:
-    """(prompt, response) pairs: the prompt exactly as serving will render it."""
-    return [(prompt_spec.render(row["instruction"], row.get("input") or ""), row["output"]) for row in rows]
+def render_pairs(rows: list[dict], prompt_spec, chat=None) -> list[tuple[str, str]]:
+    """(prompt, response) pairs: the prompt exactly as serving will render it (a chat prompt
+    through `chat`, the base model's ChatTemplate)."""
+    return [(prompt_spec.render(row["instruction"], row.get("input") or "", chat), row["output"]) for row in rows]
 
 
-def encode_pair(tokenizer, prompt: str, response: str, max_seq_len: int) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + response + EOS, and labels with the prompt masked.
+def answer_end_ids(tokenizer, prompt_format: str, model: str) -> list[int]:
+    """The token(s) every answer ends with: EOS, or a chat template's end of turn."""
+    if prompt_format != "chat":
+        return [tokenizer.eos_token_id]
+    from ..models.chat import chat_template_of
+
+    return chat_template_of(tokenizer, model).end_ids
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_seq_len: int,
+                end_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + response + end (EOS unless `end_ids` says otherwise), and labels
+    with the prompt masked.
 
     Prompt and response are tokenized separately so the boundary is exact (and matches
     serving, which tokenizes the prompt alone); too long examples are cut at max_seq_len
     from the right (the response end is what is lost — encode_examples counts those).
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    end_ids = [tokenizer.eos_token_id] if end_ids is None else end_ids
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + end_ids
     input_ids = (prompt_ids + response_ids)[:max_seq_len]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_seq_len]
     return input_ids, labels
@@ -41,7 +57,7 @@ def encode_pair(tokenizer, prompt: str, response: str, max_seq_len: int) -> tupl
 @dataclass
 class EncodedExamples:
     examples: list[tuple[list[int], list[int]]]
-    truncated_rows: int  # kept, but the end of the answer (at least its EOS) was cut at max_seq_len
+    truncated_rows: int  # kept, but the end of the answer (at least its end token) was cut at max_seq_len
     dropped_rows: int  # the prompt alone fills max_seq_len: no answer token left to learn from
 
     def summary(self, max_seq_len: int) -> str | None:
@@ -53,15 +69,17 @@ class EncodedExamples:
                 "or shorten those rows")
 
 
-def encode_examples(tokenizer, pairs: list[tuple[str, str]], max_seq_len: int) -> EncodedExamples:
+def encode_examples(tokenizer, pairs: list[tuple[str, str]], max_seq_len: int,
+                    end_ids: list[int] | None = None) -> EncodedExamples:
     """Every pair encoded; rows that lose their whole answer are dropped, and both kinds are counted."""
+    end_ids = [tokenizer.eos_token_id] if end_ids is None else end_ids
     examples, truncated, dropped = [], 0, 0
     for prompt, response in pairs:
-        input_ids, labels = encode_pair(tokenizer, prompt, response, max_seq_len)
+        input_ids, labels = encode_pair(tokenizer, prompt, response, max_seq_len, end_ids)
         if all(label == IGNORE_INDEX for label in labels):
             dropped += 1
             continue
-        truncated += labels[-1] != tokenizer.eos_token_id
+        truncated += labels[-len(end_ids):] != end_ids
         examples.append((input_ids, labels))
     return EncodedExamples(examples, truncated, dropped)
 

@@ -26,7 +26,7 @@ def train_loop_per_worker(config: dict) -> None:
     from ..errors import TrainingError
     from ..models.tokenizer import ensure_pad_token
     from . import checkpoint
-    from .data import batch_indices, collate, encode_examples
+    from .data import answer_end_ids, batch_indices, collate, encode_examples
     from .model import build_trainable_model
 
     hf_logging.disable_progress_bar()
@@ -39,7 +39,8 @@ def train_loop_per_worker(config: dict) -> None:
     base_path = _base_on_this_node(config)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(base_path))
     pad_id = tokenizer.pad_token_id
-    encoded = encode_examples(tokenizer, config["pairs"], train["max_seq_len"])
+    end_ids = answer_end_ids(tokenizer, config.get("prompt_format", "text"), config["base_model"])
+    encoded = encode_examples(tokenizer, config["pairs"], train["max_seq_len"], end_ids)
     if not encoded.examples:
         raise TrainingError(f"all {encoded.dropped_rows} rows have prompts of max_seq_len "
                             f"({train['max_seq_len']}) tokens or more, leaving no answer to train on; "
