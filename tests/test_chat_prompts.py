@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import textwrap
 import time
 from types import SimpleNamespace
 
@@ -22,6 +21,7 @@ from llmops_engine.models.chat import chat_template_of
 from llmops_engine.models.tokenizer import build_byte_tokenizer
 from llmops_engine.specs.prompt import PromptSpec, text_sha256
 from llmops_engine.training.data import IGNORE_INDEX, answer_end_ids, encode_examples, encode_pair, render_pairs
+from tests.test_loader_errors import GOOD_DATASET
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
           "+ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -272,13 +272,7 @@ spec:
   system: You are Nimbus support.
   template: "{instruction}"
 ---
-apiVersion: llmops/v1
-kind: Dataset
-metadata: {name: d}
-spec:
-  source: {path: data/x.jsonl}
-  columns: {instruction: q, output: a}
-"""
+""" + GOOD_DATASET
 TUNING_YAML = """\
 apiVersion: llmops/v1
 kind: TuningJob

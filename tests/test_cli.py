@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmops_engine.cli import app
+from llmops_engine.controllers import Registry
 from tests import recording_controllers
 
 runner = CliRunner()
@@ -150,14 +151,16 @@ def test_saved_plan_refuses_flags_it_was_not_made_with(root, tmp_path):
     assert result.exit_code == 1 and "modified after it was made" in result.output
 
 
-def test_an_internal_error_is_one_line_and_a_log_file(root, monkeypatch):
-    from llmops_engine import observe
-
-    def broken(*args, **kwargs):
+class BrokenObserver(recording_controllers.RecordingController):
+    def observe(self, record, project):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(observe, "load_desired", broken)
-    result = invoke("plan", "-C", root)
+
+def test_an_internal_error_is_one_line_and_a_log_file(root):
+    assert invoke("apply", "-C", root, registry=recording_controllers.registry()).exit_code == 0
+    recorders = {kind: recording_controllers.RecordingController(kind) for kind in ("Prompt", "TuningJob")}
+    broken = Registry(recorders | {"Dataset": BrokenObserver("Dataset")})
+    result = invoke("plan", "-C", root, registry=broken)
     assert result.exit_code == 70 and "Traceback" not in result.output
     assert "internal error: ZeroDivisionError: a bug" in result.output
     (log,) = (root / ".llmops" / "logs").glob("internal-*.log")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops_engine import raycluster
+from llmops_engine import headprocs, raycluster
 from llmops_engine.errors import ClusterError
 from llmops_engine.project import Project, ProjectSettings, load_project
 
@@ -47,7 +47,7 @@ START_HEAD = "import sys; from pathlib import Path; from llmops_engine import ra
 DRIVER = """
 import json, os, sys
 from pathlib import Path
-from llmops_engine import raycluster
+from llmops_engine import headprocs, raycluster
 from llmops_engine.project import load_project
 import ray
 raycluster.connect(load_project(Path(sys.argv[1])))
@@ -197,7 +197,7 @@ def test_the_head_environment_is_an_allowlist(project_root, monkeypatch, name, v
     monkeypatch.setenv(name, value)
     env = raycluster.head_environment(Project(project_root, ProjectSettings()), Path("/tmp/llmops-ray-x"))
     assert (env.get(name) == value) is forwarded
-    assert env[raycluster.HEAD_MARKER_ENV] == "/tmp/llmops-ray-x"
+    assert env[headprocs.HEAD_MARKER_ENV] == "/tmp/llmops-ray-x"
     assert env[raycluster.LOCAL_NODE_ENV] == "0"  # keeps Ray's node IP, hence its ports, on 127.0.0.1
 
 
@@ -249,18 +249,18 @@ def test_stopping_a_head_stops_its_session_and_nothing_else(tmp_path):
     (as Ray's retitled workers appear in /proc), and a process of another head that must survive."""
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     tree = "(env -i sleep 60 &); sleep 60"  # the subshell exits: its sleep is re-parented
-    head = subprocess.Popen(["sh", "-c", tree], env={**os.environ, raycluster.HEAD_MARKER_ENV: str(ours)},
+    head = subprocess.Popen(["sh", "-c", tree], env={**os.environ, headprocs.HEAD_MARKER_ENV: str(ours)},
                             start_new_session=True)
-    other = subprocess.Popen(["sleep", "60"], env={**os.environ, raycluster.HEAD_MARKER_ENV: str(theirs)},
+    other = subprocess.Popen(["sleep", "60"], env={**os.environ, headprocs.HEAD_MARKER_ENV: str(theirs)},
                              start_new_session=True)
     try:
         deadline = time.monotonic() + 5
-        while len(raycluster.head_processes(ours)) < 3 and time.monotonic() < deadline:
+        while len(headprocs.head_processes(ours)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        members = {proc.pid for proc in raycluster.head_processes(ours)}
+        members = {proc.pid for proc in headprocs.head_processes(ours)}
         assert head.pid in members and len(members) == 3 and other.pid not in members
-        assert raycluster.stop_head_processes(ours) == 3
-        assert head.wait(timeout=5) is not None and raycluster.head_processes(ours) == []
+        assert headprocs.stop_head_processes(ours) == 3
+        assert head.wait(timeout=5) is not None and headprocs.head_processes(ours) == []
         assert other.poll() is None
     finally:
         for proc in (head, other):
