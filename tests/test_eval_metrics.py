@@ -129,3 +129,9 @@ def test_aggregate_repeats():
     assert aggregate(repeats, "mean") == pytest.approx({"rouge_l": 0.5, "eval_loss": 2.0, "bleu": None})
     # min is the pessimistic repeat: lowest rouge_l, highest loss
     assert aggregate(repeats, "min") == {"rouge_l": 0.4, "eval_loss": 3.0, "bleu": None}
+
+
+def test_a_catastrophic_expected_pattern_is_a_metric_error_not_a_hang():
+    scores = score(["regex_match"], ["(a+)+$"], run(["a" * 40 + "!"]), DEFAULT)
+    assert scores.values["regex_match"] is None
+    assert "refused as a regular expression" in scores.errors["regex_match"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..specs.evaluation import MetricOptions
+from ..specs.regexes import regex_problem
 
 LOWER_IS_BETTER = frozenset({"eval_loss", "perplexity", "latency_p50_ms", "latency_p95_ms"})
 NEUTRAL = frozenset({"output_tokens_mean"})  # neither direction is "better"
@@ -96,6 +97,9 @@ def _regex_match(expected, run, options):
     per = []
     for index, (output, target) in enumerate(zip(run.outputs, expected)):
         pattern = options.regex if options.regex is not None else target
+        if options.regex is None and (problem := regex_problem(pattern)):  # data, not a checked spec
+            raise ValueError(f"example {index}: expected text is refused as a regular expression ({problem}); "
+                             "set metric_options.regex")
         try:
             per.append(float(re.search(pattern, output, flags) is not None))
         except re.error as exc:
