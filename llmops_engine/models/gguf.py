@@ -11,7 +11,6 @@ built in a temporary directory and renamed into place, so a crash never leaves h
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..digests import file_sha256
 from ..errors import ModelLoadError
 from .tokenizer import ensure_pad_token
 from .weights import weights_hash
@@ -37,14 +37,6 @@ class GgufSource:
     ref: str
     path: Path
     package: str | None = None  # "name==version" when a pip package ships the file
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def repo_gguf(relative: str, root: Path, ref: str) -> Path:
@@ -66,7 +58,7 @@ def materialize_gguf(source: GgufSource, store_root: Path) -> tuple[Path, dict]:
     """The HF model folder converted from `source`, and its manifest; converts on first use."""
     from filelock import FileLock
 
-    file_sha = sha256_of(source.path)
+    file_sha = file_sha256(source.path)
     target = Path(store_root) / "models" / "gguf" / file_sha
     if (target / MANIFEST).is_file():
         return target, json.loads((target / MANIFEST).read_text())

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ..digests import feed
+
 
 def weights_hash(model_dir: Path) -> str:
     """sha256 over the weight and config files of a model directory, in name order."""
@@ -17,7 +19,5 @@ def weights_hash(model_dir: Path) -> str:
         if path.name.startswith("llmops_"):
             continue
         digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        feed(digest, path)
     return digest.hexdigest()

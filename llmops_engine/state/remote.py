@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
+from ..digests import file_sha256
 from ..errors import LLMOpsError, ProjectError, StoreError
 from .artifacts import ArtifactStore, move_into_place, parse_records, replace_with_copy
 from .lock import LeaseFiles
@@ -284,11 +285,7 @@ def build_manifest(staging: Path) -> dict:
 
 
 def file_digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def redact(url: str) -> str:
