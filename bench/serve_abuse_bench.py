@@ -90,11 +90,7 @@ class Round:
     def _send_well_formed(self, http: httpx.Client, i: int) -> None:
         path, body = _well_formed(i)
         started = time.perf_counter()
-        try:
-            response = http.post(f"{self.url}/{path}", json=body)
-            outcome = response.status_code
-        except httpx.HTTPError as exc:
-            outcome = type(exc).__name__
+        outcome = self._post(http, path, body)
         with self.lock:
             self.sent += 1
             if outcome == 200:
@@ -105,16 +101,18 @@ class Round:
 
     def _send_hostile(self, http: httpx.Client, i: int) -> None:
         label, path, body = HOSTILE[(i // 10) % len(HOSTILE)]
-        try:
-            if isinstance(body, bytes):
-                response = http.post(f"{self.url}/{path}", content=body, headers={"content-type": "application/json"})
-            else:
-                response = http.post(f"{self.url}/{path}", json=body)
-            outcome = response.status_code
-        except httpx.HTTPError as exc:
-            outcome = type(exc).__name__
+        outcome = self._post(http, path, body)
         with self.lock:
             self.hostile[(label, outcome)] += 1
+
+    def _post(self, http: httpx.Client, path: str, body) -> int | str:
+        """The status code, or the name of the transport error."""
+        try:
+            if isinstance(body, bytes):
+                return http.post(f"{self.url}/{path}", content=body, headers={"content-type": "application/json"}).status_code
+            return http.post(f"{self.url}/{path}", json=body).status_code
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
 
 
 def run_round(url: str, clients: int, per_client: int, hostile_share: float, deadline: float) -> Round:
