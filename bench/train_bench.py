@@ -1,11 +1,12 @@
 """Training overhead of the engine vs a plain transformers + peft loop.
 
-Same builtin model, same data (the demo's support tickets), same QLoRA settings, same
-number of steps, in one process:
+Same base model, data (the demo's support tickets), prompt and LoRA/QLoRA settings as the
+demo's specs (SmolLM2-135M-Instruct, chat prompt), same number of steps, in one process:
 
   (a) engine: TuningController.apply -> local Ray head -> Ray Train TorchTrainer worker
-  (b) plain:  a hand-written loop (BitsAndBytesConfig + prepare_model_for_kbit_training +
-              LoraConfig + AdamW), no Ray, same torch thread count as the Ray worker
+  (b) plain:  a hand-written loop (LoraConfig + AdamW, and BitsAndBytesConfig +
+              prepare_model_for_kbit_training for QLoRA), no Ray, same torch thread count as the
+              Ray worker
 
 Prints the steady-state step-time ratio (median step, engine / plain; goal <= 1.05) and the
 end-to-end overhead in seconds (engine apply wall time - plain load+train+save time).
@@ -108,39 +109,46 @@ def plain_run(work: Path, rows: list[dict], prompt_doc: dict, tuning_doc: dict, 
     torch.set_num_threads(threads)
     spec = tuning_doc["spec"]
     train = {**spec["training"], **training}
-    quant, lora = spec["quantization"], spec["lora"]
+    quant, lora = spec.get("quantization"), spec["lora"]
     base = resolve_base(spec["base_model"], work / "plain-store")  # materialize outside the timing
     started = time.perf_counter()
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    template, template_no_input = prompt_doc["spec"]["template"], prompt_doc["spec"].get("template_no_input")
+    prompt = prompt_doc["spec"]
     examples = []
     for row in rows:
-        text = (template if row["input"] or not template_no_input else template_no_input)
-        prompt_ids = tokenizer(text.format(**row), add_special_tokens=False)["input_ids"]
+        text = (prompt["template"] if row["input"] or not prompt.get("template_no_input") else prompt["template_no_input"])
+        text = text.format(**row)
+        if prompt.get("format") == "chat":  # what a hand-written loop does: the tokenizer's chat template
+            system = [{"role": "system", "content": prompt["system"]}] if prompt.get("system") else []
+            text = tokenizer.apply_chat_template(system + [{"role": "user", "content": text}],
+                                                 add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(row["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = (prompt_ids + answer_ids)[: train["max_seq_len"]]
         examples.append((ids, ([-100] * len(prompt_ids) + answer_ids)[: train["max_seq_len"]]))
 
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, device_map={"": "cpu"},
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant["type"],
-            bnb_4bit_use_double_quant=quant["double_quant"],
-            bnb_4bit_compute_dtype=getattr(torch, quant["compute_dtype"])))
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    quantization = {} if not quant else {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quant["type"], bnb_4bit_use_double_quant=quant["double_quant"],
+        bnb_4bit_compute_dtype=getattr(torch, quant["compute_dtype"]))}
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, device_map={"": "cpu"}, **quantization)
+    if quant:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=lora["target_modules"], modules_to_save=lora.get("modules_to_save"), task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train["learning_rate"])
     steps = train["max_steps"]
     scheduler = get_scheduler(train.get("lr_scheduler", "linear"), optimizer, 0, steps)
-    order = list(range(len(examples)))
-    random.Random(0).shuffle(order)
+    from llmops_engine.training.data import batch_indices  # the same batches as the engine, so equal work
+
     step_times, loss = [], None
     for step in range(steps):
         step_started = time.perf_counter()
-        chosen = [examples[order[(step * train["batch_size"] + i) % len(order)]] for i in range(train["batch_size"])]
+        chosen = [examples[i] for i in batch_indices(step, 0, len(examples), train["batch_size"], 0, 1, 1, train["seed"])]
         width = max(len(ids) for ids, _ in chosen)
-        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in chosen])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in chosen])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chosen])
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in chosen])
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss

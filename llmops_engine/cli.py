@@ -208,7 +208,7 @@ def status(
 @app.command()
 def history(
     ctx: typer.Context,
-    resource: Optional[str] = typer.Argument(None, help="Kind/name to filter, e.g. TuningJob/support-qlora."),
+    resource: Optional[str] = typer.Argument(None, help="Kind/name to filter, e.g. TuningJob/support-lora."),
     directory: Optional[Path] = DirOption,
     limit: int = typer.Option(30, "--limit", "-n"),
     as_json: bool = typer.Option(False, "--json"),

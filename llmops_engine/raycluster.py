@@ -181,10 +181,17 @@ def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: every socket stays bound until all are chosen, so the
+    kernel cannot hand the same port out twice (two Ray components on one port fail the start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _alive(state: dict) -> bool:
@@ -354,7 +361,8 @@ def _start_lock(project: Project) -> Iterator[None]:
 def _start_head(project: Project) -> dict:
     temp_root = Path(tempfile.gettempdir()) / f"llmops-ray-{secrets.token_hex(4)}"
     num_cpus = project.settings.ray.num_cpus or os.cpu_count() or 1
-    ports = {name: _free_port() for name in ("gcs", "dashboard", "agent", "client")}
+    names = ("gcs", "dashboard", "agent", "client")
+    ports = dict(zip(names, _free_ports(len(names))))
     state = {
         "status": "starting",
         "address": f"127.0.0.1:{ports['gcs']}",

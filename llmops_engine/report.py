@@ -70,28 +70,39 @@ def usage_lines(engine: Engine, records: dict[str, ResourceRecord], record: Reso
 
 
 def example_messages(engine: Engine, records: dict[str, ResourceRecord], deployment: ResourceRecord) -> list[dict]:
-    """Chat messages for the first row of the deployment's eval split: the row's input as the
-    system message when its prompt uses {input}, the instruction as the user turn."""
-    row = _first_eval_row(engine, records, deployment) or {"instruction": "Hello! What can you help me with?"}
+    """Chat messages for a row of the deployment's eval split: the row's input as the system
+    message when its prompt uses {input} (the first row that has one: it shows how context
+    travels), the instruction as the user turn."""
     prompt = records.get(f"Prompt/{deployment.spec.get('prompt')}")
     uses_input = prompt is not None and "{input}" in str(prompt.spec.get("template", ""))
+    rows = _eval_rows(engine, records, deployment, EXAMPLE_ROWS_READ)
+    with_input = [r for r in rows if r.get("input")] if uses_input else []
+    row = (with_input or rows or [{"instruction": "Hello! What can you help me with?"}])[0]
     messages = [{"role": "system", "content": row["input"]}] if uses_input and row.get("input") else []
     return messages + [{"role": "user", "content": str(row["instruction"])}]
 
 
-def _first_eval_row(engine: Engine, records: dict[str, ResourceRecord], deployment: ResourceRecord) -> dict | None:
+EXAMPLE_ROWS_READ = 50
+
+
+def _eval_rows(engine: Engine, records: dict[str, ResourceRecord], deployment: ResourceRecord, limit: int) -> list[dict]:
     from .data.pipeline import EVAL
 
     job = records.get(f"TuningJob/{deployment.spec.get('model')}")
     dataset = records.get(f"Dataset/{job.spec.get('dataset')}") if job else None
     if dataset is None:
-        return None
+        return []
+    rows = []
     try:
-        with (engine.store.local_path(dataset.fingerprint) / EVAL).open(encoding="utf-8") as rows:
-            row = json.loads(rows.readline(1 << 16))
+        with (engine.store.local_path(dataset.fingerprint) / EVAL).open(encoding="utf-8") as handle:
+            for _ in range(limit):
+                line = handle.readline(1 << 16)
+                if not line:
+                    break
+                rows.append(json.loads(line))
     except (OSError, ValueError):
-        return None
-    return row if isinstance(row, dict) and isinstance(row.get("instruction"), str) else None
+        return rows
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("instruction"), str)]
 
 
 def status_rows(engine: Engine) -> list[dict]:

@@ -154,14 +154,39 @@ def test_multi_turn_requests_render_earlier_turns_through_the_template(tokenizer
         {"role": "user", "content": "reset password?"},
     ]})
     chat_model = loaded(model_dir, CHAT_PROMPT.saved(chat_template_of(tokenizer, "path:m")))
+    # the request's system message is the context ({input}); user and assistant turns stay turns
     assert ModelSlot.func_or_class._prompt(chat_model, request.chat_item()) == (
-        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>system\nBe brief.<|im_end|>\n"
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
-        "<|im_start|>user\nQ: reset password?<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nQ: reset password?\nContext: Be brief.<|im_end|>\n<|im_start|>assistant\n")
     # a text prompt still gets the conversation the way its training rows had it
     text_model = loaded(model_dir, PromptSpec(template="Q: {instruction}\nC: {input}\nA:").saved())
     assert ModelSlot.func_or_class._prompt(text_model, request.chat_item()) == (
         "Q: reset password?\nC: Be brief.\nuser: hi\nassistant: hello\nA:")
+
+
+def test_a_chat_dataset_conversation_renders_as_serving_renders_the_same_request(tokenizer, model_dir):
+    """Multi-turn training rows keep their turns for chat prompts: the Dataset's row and the
+    OpenAI request with the same messages become the same prompt string."""
+    from llmops_engine.data.examples import to_example
+    from llmops_engine.serving.openai_api import ChatRequest
+    from llmops_engine.serving.slot import ModelSlot
+    from llmops_engine.specs.dataset import Columns
+
+    conversation = [
+        {"role": "system", "content": "Plan: Team."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how many seats?"},
+    ]
+    row = to_example({"messages": conversation + [{"role": "assistant", "content": "50 seats."}]},
+                     Columns(messages="messages"))
+    chat = chat_template_of(tokenizer, "path:m")
+    [(training, answer)] = render_pairs([row], CHAT_PROMPT, chat)
+    request = ChatRequest.model_validate({"model": "api", "messages": conversation})
+    serving = ModelSlot.func_or_class._prompt(loaded(model_dir, CHAT_PROMPT.saved(chat)), request.chat_item())
+    assert (training, answer) == (serving, "50 seats.")
+    assert "<|im_start|>assistant\nhello<|im_end|>" in training and "Context: Plan: Team." in training
 
 
 def test_messages_the_chat_template_rejects_are_a_400_not_a_replica_failure(model_dir):
@@ -172,7 +197,8 @@ def test_messages_the_chat_template_rejects_are_a_400_not_a_replica_failure(mode
     from llmops_engine.serving.openai_api import ChatRequest
     from llmops_engine.serving.slot import ModelSlot
 
-    strict = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + CHATML
+    strict = ("{% if messages[0]['role'] == 'assistant' %}{{ raise_exception('Conversations start with a user') }}"
+              "{% endif %}" + CHATML)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = strict
     prompt = PromptSpec(format="chat", template="{instruction}")
@@ -180,10 +206,10 @@ def test_messages_the_chat_template_rejects_are_a_400_not_a_replica_failure(mode
     slot = ModelSlot.func_or_class()
     slot.model, slot.ref = model, ModelRef(version="v1")
     request = ChatRequest.model_validate({"model": "api", "messages": [
-        {"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]})
+        {"role": "assistant", "content": "x"}, {"role": "user", "content": "hi"}]})
     answer = asyncio.run(slot.generate({"items": [request.chat_item()], "params": {}}))
     assert answer["error"]["status"] == 400 and answer["error"]["code"] == "invalid_messages"
-    assert "System role not supported" in answer["error"]["message"]
+    assert "Conversations start with a user" in answer["error"]["message"]
 
 
 # training targets -----------------------------------------------------------------------------

@@ -141,6 +141,7 @@ def test_chat_turns_become_instruction_input_output():
         "instruction": "How do I export my data?",
         "input": "You are Nimbus support.\nuser: Hi\nassistant: Hello! How can I help?",
         "output": "Open Settings > Export.",
+        "history": CONVERSATION[:3],  # for chat prompts, which keep the turns as turns
     }
     assert chat_to_example([{"role": "user", "content": "only a question"}])["output"] is None
 
@@ -159,6 +160,7 @@ def test_chat_source_in_jsonl_and_csv(tmp_path):
     examples = from_jsonl[0] + from_jsonl[1]
     assert {e["instruction"] for e in examples} == {"Hi", "How do I export my data?"}
     assert any(e["input"].startswith("You are Nimbus support.") for e in examples)
+    assert {json.dumps(e.get("history")) for e in examples} == {json.dumps(CONVERSATION[:1]), json.dumps(CONVERSATION[:3])}
 
 
 # --- transforms -----------------------------------------------------------------------

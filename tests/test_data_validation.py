@@ -30,15 +30,17 @@ def test_demo_dataset_passes_and_reports_are_offline(tmp_path, monkeypatch):
     from llmops_engine.data.demo import write_demo
 
     monkeypatch.chdir(tmp_path)  # GX must not create a project context (gx/) anywhere
-    (resource,) = [r for r in load_resources(REPO, ["specs"]) if r.kind == "Dataset"]
-    # A fresh clone has no raw data yet (it is DVC-tracked): generate it as bootstrap would.
+    (resource,) = [r for r in load_resources(REPO, ["specs"]) if r.name == "support-tickets"]
+    # A fresh clone has no raw tickets yet (they are DVC-tracked): generate them as bootstrap
+    # would; the replayed general questions are in git.
     root = tmp_path / "repo"
-    write_demo(root / resource.spec.source.path)
+    write_demo(root / "data/support_tickets.jsonl")
+    shutil.copy(REPO / "data/general_chat.jsonl", root / "data/general_chat.jsonl")
     out = tmp_path / "out"
     result = build(resource.name, resource.spec, root, out, tmp_path / "failed")
     assert result.report["success"] and len(result.report["rules"]) >= 5
-    assert result.train_rows + result.eval_rows == 500
-    assert json.loads((out / "validation.json").read_text())["rows"] == {"raw": 500, "train": result.train_rows,
+    assert result.train_rows + result.eval_rows == 578  # 500 tickets + 78 replayed general questions
+    assert json.loads((out / "validation.json").read_text())["rows"] == {"raw": 578, "train": result.train_rows,
                                                                         "eval": result.eval_rows}
     markdown = (out / "validation.md").read_text()
     assert "PASSED" in markdown and "http" not in markdown

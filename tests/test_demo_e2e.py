@@ -1,5 +1,6 @@
 """The README's main command, end to end, on a fresh copy of the repository's demo:
-DVC data → GX validation → QLoRA on Ray Train → evaluation gate → Ray Serve → real HTTP.
+DVC data → GX validation → LoRA on SmolLM2-135M-Instruct in Ray Train → evaluation gate with
+a regression set → Ray Serve → real HTTP.
 
 Same code path and specs as `./scripts/demo.sh`, uncapped: the shipped gate must pass on
 what the shipped tuning job really achieves. Timings are printed, not asserted.
@@ -73,7 +74,11 @@ def test_demo_apply_end_to_end(tmp_path):
             messages=[{"role": "system", "content": "Product: Nimbus Chat. Plan: Plus."},
                       {"role": "user", "content": "How do I reset my password?"}],
         )
-        assert "Reset password" in reply.choices[0].message.content
+        assert "Reset password" in reply.choices[0].message.content  # learned in tuning
+        general = client.chat.completions.create(
+            model="support-api", max_tokens=32, messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in general.choices[0].message.content  # kept through tuning (the regression gate)
+        assert general.usage.prompt_tokens > 20 and general.usage.completion_tokens > 1  # the real tokenizer's counts
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
 

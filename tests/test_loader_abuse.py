@@ -143,9 +143,10 @@ def test_validate_accepts_the_demo_on_a_fresh_clone(tmp_path):
     """The demo's raw data is DVC-tracked and git-ignored: a fresh clone has its record only."""
     root = tmp_path / "clone"
     shutil.copytree(REPO / "specs", root / "specs")
-    for name in ("llmops.yaml", "data.dvc"):
-        shutil.copy(REPO / name, root / name)
-    assert not (root / "data").exists()
+    for name in ("llmops.yaml", "data.dvc", "data/general_chat.jsonl", "data/regression/general_qa.jsonl"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, root / name)  # in git, unlike the tickets
+    assert not (root / "data/support_tickets.jsonl").exists()
     assert {r.kind for r in load_resources(root, ["specs"])} >= {"Dataset", "TuningJob", "Deployment"}
 
 
@@ -212,7 +213,10 @@ def test_shipped_prompts_render_as_before():
         for values in ({"instruction": "How do I reset?", "input": "Nimbus Chat"}, {"instruction": "Hi", "input": ""}):
             chosen = spec.template_no_input if (not values["input"] and spec.template_no_input) else spec.template
             expected = chosen.format(**values)
-            assert spec.render(**values) == (f"{spec.system}\n{expected}" if spec.system else expected)
+            if spec.format == "chat":  # the user turn; the model's chat template wraps it (test_chat_prompts)
+                assert spec.user_turn(**values) == expected
+            else:
+                assert spec.render(**values) == (f"{spec.system}\n{expected}" if spec.system else expected)
 
 
 def test_a_regex_too_deeply_nested_to_check_is_refused_not_a_crash():

@@ -17,10 +17,10 @@ def record(kind, name, spec, fingerprint="f" * 64, outputs=None):
     return ResourceRecord(kind=kind, name=name, fingerprint=fingerprint, spec=spec, outputs=outputs or {})
 
 
-def project_with_records(tmp_path, template):
+def project_with_records(tmp_path, template, rows=(ROW, {"instruction": "second"})):
     engine = Engine(Project(tmp_path, ProjectSettings()), report=lambda _: None)
     staging = engine.store.staging_dir("d" * 64)
-    (staging / "eval.jsonl").write_text(json.dumps(ROW) + "\n" + json.dumps({"instruction": "second"}) + "\n")
+    (staging / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     engine.store.publish("d" * 64, staging)
     deployment = record("Deployment", "geo-api", {"model": "geo-tuned", "prompt": "geo", "auth": {"api_keys_env": "GEO_KEYS"}},
                         outputs={"endpoint": "http://127.0.0.1:8000/v1", "model_id": "geo-api"})
@@ -49,6 +49,13 @@ def test_examples_ask_the_first_eval_row_shaped_by_the_prompt(tmp_path):
     code = shlex.split(lines[-1])[-1]
     compile(code, "<snippet>", "exec")  # the SDK snippet is valid Python after shell unquoting
     assert "Lyon's old town" in code
+
+
+def test_a_prompt_with_input_shows_a_row_that_has_one(tmp_path):
+    rows = ({"instruction": "What is 10 minus 4?", "input": ""}, ROW)
+    engine, records, deployment = project_with_records(tmp_path, "Context: {input}\nQ: {instruction}\nA:", rows)
+    assert curl_body(usage_lines(engine, records, deployment))["messages"] == [
+        {"role": "system", "content": ROW["input"]}, {"role": "user", "content": ROW["instruction"]}]
 
 
 def test_a_prompt_without_input_sends_only_the_question(tmp_path):

@@ -8,9 +8,11 @@ is normalized like this, one example per conversation:
   - input       = every earlier turn, in order: a system prompt's content as it is
                   (it is the context), other turns one "role: content" line each;
                   "" when there are none.
+  - history     = those earlier turns as given, for `format: chat` Prompts, which render
+                  them as turns through the model's chat template (system messages fill
+                  {input}: specs/prompt.py split_history).
 The server maps OpenAI chat requests with this same function, so a model is always
-asked in the format it was trained on; a `format: chat` Prompt takes a request's earlier
-turns as they are instead (`turns_before_last_user`), through the model's chat template.
+asked in the format it was trained on, a text prompt and a chat prompt alike.
 A conversation without an assistant or user turn gets output/instruction None, which
 `drop_empty` removes and a not-null rule reports.
 
@@ -26,7 +28,7 @@ from typing import Any
 from ..errors import DataError
 from ..specs.dataset import Columns
 
-Example = dict[str, str | None]
+Example = dict[str, Any]  # instruction, input, output: str | None; history: list of turns
 
 
 def to_example(row: dict, columns: Columns) -> Example:
@@ -46,7 +48,9 @@ def chat_to_example(turns: list[dict]) -> Example:
     instruction = _text(turns[last_user].get("content")) if last_user is not None else None
     history = turns[:last_user] if last_user is not None else []
     lines = [_history_line(turn) for turn in history]
-    return {"instruction": instruction, "input": "\n".join(lines), "output": output}
+    turns_as_given = [{"role": _text(turn.get("role")) or "", "content": _text(turn.get("content")) or ""}
+                      for turn in history]
+    return {"instruction": instruction, "input": "\n".join(lines), "output": output, "history": turns_as_given}
 
 
 def turns_before_last_user(turns: list[dict]) -> list[dict]:

@@ -104,10 +104,16 @@ def _write_split(examples: Iterable[Example], spec: DatasetSpec, work: Path) -> 
             (work / EVAL).open("w", encoding="utf-8", newline="\n") as evaluation:
         for example in examples:
             target = EVAL if is_eval(example, spec.split) else TRAIN
-            line = json.dumps({f: example.get(f) for f in EXAMPLE_FIELDS}, ensure_ascii=False)
+            line = json.dumps(_written(example), ensure_ascii=False)
             (evaluation if target == EVAL else train).write(line + "\n")
             counts[target] += 1
     return counts[TRAIN], counts[EVAL]
+
+
+def _written(example: Example) -> dict:
+    """The example fields, and a chat source's earlier turns (for chat prompts) when it has them."""
+    written = {f: example.get(f) for f in EXAMPLE_FIELDS}
+    return written | {"history": example["history"]} if example.get("history") else written
 
 
 def _read_written(work: Path) -> Iterator[Example]:

@@ -41,7 +41,7 @@ def load_examples(dataset_dir: Path, limit: int | None) -> list[dict]:
 def render(template: dict, example: dict, chat=None) -> str:
     """The prompt for one example; the same rendering the Prompt kind defines (a chat prompt
     through `chat`, the loaded model's ChatTemplate)."""
-    return PromptSpec.from_saved(template).render(example["instruction"], example.get("input") or "", chat)
+    return PromptSpec.from_saved(template).render_example(example, chat)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ built in a temporary directory and renamed into place, so a crash never leaves h
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -231,9 +233,11 @@ def _load_dequantized(source: GgufSource):
     hf_logging.disable_progress_bar()  # per-tensor progress bars would flood apply's output
     folder, name = source.path.parent, source.path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                            output_loading_info=True)
+        # The GGUF reader's own tqdm bar ignores that switch; errors are raised, not printed.
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            loaded, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                                output_loading_info=True)
     except Exception as exc:  # transformers' GGUF path raises ValueError/KeyError/RuntimeError/OSError alike
         raise ModelLoadError(f"{source.ref}: transformers cannot load {name} ({type(exc).__name__}: {exc}); "
                              "the file may be corrupt or use an unsupported tensor type") from exc

@@ -83,15 +83,15 @@ class LoadedModel:
 
     def render(self, instruction: str, input: str = "", history: list[dict[str, str]] | None = None) -> str:
         """The prompt exactly as the model was tuned on it (template.json of the artifact).
-        `history` (earlier chat turns, as given) is for chat prompts; a text prompt has them in `input`."""
+        `history` (a conversation's turns before its last user message, as given) is for chat
+        prompts, which take them as training did (PromptSpec.render_example); a text prompt has
+        them flattened in `input`."""
         if self.template is None:
             raise ModelLoadError(f"model {self.version} has no prompt template; render prompts yourself")
         from ..specs.prompt import PromptSpec
 
-        spec = PromptSpec.from_saved(self.template)
-        if self.chat is None:
-            return spec.render(instruction, input)
-        return spec.render_turns(history or [], instruction, input, self.chat)
+        example = {"instruction": instruction, "input": input, "history": history}
+        return PromptSpec.from_saved(self.template).render_example(example, self.chat)
 
     def _checked_chat_template(self) -> ChatTemplate | None:
         if self.prompt_format != "chat":
@@ -212,11 +212,15 @@ def _base_with_adapter(model_dir: Path, meta: dict, device: str):
     if not (base_path / "config.json").is_file():
         base_path = resolve_base(meta["base_model"], _store_root_of(model_dir)).path
     # The adapter was trained against the quantized base; inference uses the same weights.
-    base = load_causal_lm(base_path, meta.get("quantization"), device)
+    quantization = meta.get("quantization")
+    base = load_causal_lm(base_path, quantization, device)
     try:
-        return PeftModel.from_pretrained(base, model_dir / "adapter")
+        model = PeftModel.from_pretrained(base, model_dir / "adapter")
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the adapter in {model_dir / 'adapter'}: {exc}") from exc
+    # Over full-precision weights the adapter folds in exactly (W + BA): one matmul per layer
+    # instead of three. Folding into 4-bit weights would re-quantize them, so QLoRA keeps it apart.
+    return model if quantization else model.merge_and_unload()
 
 
 def load_base(ref: str, store_root: Path, device: str = "cpu", root: Path | None = None,

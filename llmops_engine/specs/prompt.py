@@ -96,6 +96,16 @@ def render_template(template: str, values: dict[str, str]) -> str:
     return "".join(format(values[part]) if isinstance(part, Placeholder) else part for part in _parsed(template))
 
 
+def split_history(history: list[dict]) -> tuple[str, list[dict[str, str]]]:
+    """How a chat prompt takes a conversation's turns before its last user message: system
+    messages are the context ({input}, as an instruction/input row's input column is), the
+    user and assistant turns stay turns."""
+    context = "\n".join(str(turn.get("content") or "") for turn in history if turn.get("role") == "system")
+    turns = [{"role": str(turn.get("role")), "content": str(turn.get("content") or "")}
+             for turn in history if turn.get("role") != "system"]
+    return context, turns
+
+
 class PromptSpec(KindSpec):
     kind: ClassVar[str] = "Prompt"
 
@@ -127,6 +137,15 @@ class PromptSpec(KindSpec):
             return self.render_turns([], instruction, input, chat)
         text = self.user_turn(instruction, input)
         return f"{self.system}\n{text}" if self.system else text
+
+    def render_example(self, example: dict, chat: ChatRenderer | None = None) -> str:
+        """The prompt for an example row (data/examples.py), as training, evaluation and serving
+        all render it: a chat prompt takes a conversation's earlier turns as turns (`history`)."""
+        history = example.get("history")
+        if self.format != "chat" or history is None:
+            return self.render(example["instruction"], example.get("input") or "", chat)
+        context, turns = split_history(history)
+        return self.render_turns(turns, example["instruction"], context, chat)
 
     def render_turns(self, history: list[dict[str, str]], instruction: str, input: str,
                      chat: ChatRenderer | None) -> str:

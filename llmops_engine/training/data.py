@@ -25,7 +25,7 @@ def read_rows(path: Path) -> list[dict]:
 def render_pairs(rows: list[dict], prompt_spec, chat=None) -> list[tuple[str, str]]:
     """(prompt, response) pairs: the prompt exactly as serving will render it (a chat prompt
     through `chat`, the base model's ChatTemplate)."""
-    return [(prompt_spec.render(row["instruction"], row.get("input") or "", chat), row["output"]) for row in rows]
+    return [(prompt_spec.render_example(row, chat), row["output"]) for row in rows]
 
 
 def answer_end_ids(tokenizer, prompt_format: str, model: str) -> list[int]:
