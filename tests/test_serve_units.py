@@ -272,19 +272,3 @@ def test_the_gateway_reads_only_model_and_refuses_bodies_without_one(body, answe
         got = f"{exc.status} {exc.code}"
     assert got == answer
 
-
-@pytest.mark.parametrize(
-    "last_batch_size, last_batch_s, spec_wait, expected",
-    [
-        (1, 3.0, 0.05, 0.05),    # a lone client never waits for company
-        (0, 3.0, 0.05, 0.05),
-        (8, 3.0, 0.05, 0.3),     # concurrent clients: wait a tenth of the last batch for them
-        (16, 0.2, 0.05, 0.05),   # a fast model never waits longer than the spec says
-        (8, 60.0, 0.05, 0.5),    # capped
-        (8, 3.0, 1.0, 1.0),      # the spec's own longer wait stands
-    ],
-)
-def test_the_next_batch_waits_for_the_clients_of_the_last(last_batch_size, last_batch_s, spec_wait, expected):
-    from llmops_engine.serving.slot import refill_wait_s
-
-    assert refill_wait_s(last_batch_size, last_batch_s, spec_wait) == pytest.approx(expected)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +45,6 @@ def render_chat(model, instruction: str, context: str, history: list[dict[str, s
     return (f"{context}\n" if context else "") + f"user: {instruction}\nassistant:"
 
 
-# After a batch of several requests, the next batch may wait for their clients' follow-up
-# requests. Without it, concurrent clients split into two half batches that take turns: one
-# generates while the other's clients are still on their way back. The wait is at most this
-# share of the last batch's run time, so a fast model never waits longer than it computes.
-REFILL_SHARE = 0.1
-REFILL_CAP_S = 0.5
-
-
-def refill_wait_s(last_batch_size: int, last_batch_s: float, batch_wait_s: float) -> float:
-    """How long the next batch waits to fill (it still starts as soon as it is full): the
-    spec's wait for a lone client, longer when the last batch showed concurrent clients."""
-    if last_batch_size <= 1:
-        return batch_wait_s
-    return max(batch_wait_s, min(REFILL_CAP_S, REFILL_SHARE * last_batch_s))
-
-
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     cuts = [text.find(s) for s in stops if s and s in text]
     return (text[: min(cuts)], True) if cuts else (text, False)
@@ -76,16 +59,14 @@ class ModelSlot:
         self.model = None
         self.load_error: dict[str, str] | None = None
         self.max_prompt_tokens = 1024
-        self.batch_wait_s = 0.05  # the spec's batching.batch_wait_timeout_s, set by reconfigure
         self.batches = self.batched_requests = 0  # how full batches get (bench, tuning)
         self.peak_batch_tokens = 0  # most padded tokens (prompt + new) one generate call held
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.max_prompt_tokens = config["max_prompt_tokens"]
         batching = config["batching"]
-        self.batch_wait_s = batching["batch_wait_timeout_s"]
         self._batched.set_max_batch_size(batching["max_batch_size"])
-        self._batched.set_batch_wait_timeout_s(self.batch_wait_s)
+        self._batched.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
         ref = ModelRef.from_json(config.get("model"))
         if _same_weights(ref, self.ref):
             self.ref = ref
@@ -159,11 +140,7 @@ class ModelSlot:
         # worker thread it would fight the loop for the GIL and requests would trickle in one by
         # one; blocking lets the requests that arrive meanwhile pile up into the next full batch
         # (measured: mean batch 7.2 instead of 2.2 at 16 clients, bench/serve_bench.py).
-        started = time.perf_counter()
-        results = self._run_batch(entries)
-        wait = refill_wait_s(len(entries), time.perf_counter() - started, self.batch_wait_s)
-        self._batched.set_batch_wait_timeout_s(wait)
-        return results
+        return self._run_batch(entries)
 
     def _run_batch(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A result per entry, never an exception: a raise here would fail every request in the batch."""
