@@ -59,8 +59,8 @@ def repo(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     root = tmp_path / "clone"
     (root / "specs").mkdir(parents=True)
-    for name in ("dataset.yaml", "prompt.yaml"):
-        shutil.copy(REPO / "specs" / name, root / "specs" / name)
+    for name in ("dataset.yaml", "prompt.yaml"):  # one raw file, DVC-tracked; a text prompt
+        shutil.copy(REPO / "tests" / "fixtures" / "tiny_demo" / name, root / "specs" / name)
     (root / "specs" / "tuning.yaml").write_text(TUNING)
     shutil.copy(REPO / "data.dvc", root / "data.dvc")
     (root / "llmops.yaml").write_text("spec_dirs: [specs]\n")

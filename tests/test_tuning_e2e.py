@@ -25,6 +25,7 @@ from tests.eval_helpers import DATASET, make_context, publish_dataset, resource
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
+TINY_DEMO = REPO / "tests" / "fixtures" / "tiny_demo"  # the demo as it was on the builtin tiny model
 CONTENT_HASH = {"train": "0" * 32, "eval": "1" * 32}
 
 
@@ -43,9 +44,10 @@ def demo_rows(limit: int = 240) -> list[dict]:
 
 
 def tuning_setup(root: Path, project: Project, store=None, **training):
-    """The demo's Prompt + TuningJob specs (training overridden), with a published train split."""
-    prompt_doc = yaml.safe_load((REPO / "specs" / "prompt.yaml").read_text())
-    tuning_doc = yaml.safe_load((REPO / "specs" / "tuning.yaml").read_text())
+    """The tiny demo's Prompt + TuningJob specs (the builtin model under QLoRA, training
+    overridden), with a published train split."""
+    prompt_doc = yaml.safe_load((TINY_DEMO / "prompt.yaml").read_text())
+    tuning_doc = yaml.safe_load((TINY_DEMO / "tuning.yaml").read_text())
     spec = {**tuning_doc["spec"], "dataset": "support-tickets", "prompt": "support-answer"}
     spec["training"] = {**spec.get("training", {}), **training}
     tune = resource("TuningJob", "support-qlora", **spec)

@@ -80,10 +80,10 @@ def run_training(config: dict, *, name: str, storage: tuple[str, Any], resources
     outcome: dict = {}
     thread = threading.Thread(target=_fit, args=(trainer, outcome), daemon=True)
     thread.start()
-    while thread.is_alive() or not progress.empty():
-        _drain(progress, report)
-        thread.join(timeout=0.5)
-    _drain(progress, report)
+    while thread.is_alive():
+        _drain(progress, report, wait_s=PROGRESS_WAIT_S)
+        thread.join(timeout=0.1)  # paces the loop should the queue actor be gone
+    _drain(progress, report, wait_s=0)
     ray.kill(progress.actor)
 
     if "error" in outcome:
@@ -106,12 +106,21 @@ def _fit(trainer, outcome: dict) -> None:
         outcome["error"] = exc
 
 
-def _drain(progress, report: Callable[[str], None]) -> None:
+# The driver waits for progress inside the queue actor instead of polling it: on a small
+# machine, polling every half second took ~6 % of a core in the driver and as much in the
+# actor, beside the training workers (bench/train_bench.py).
+PROGRESS_WAIT_S = 2.0
+
+
+def _drain(progress, report: Callable[[str], None], wait_s: float) -> None:
+    """Report queued progress events: the first one waited for up to `wait_s`, then what is there."""
+    first = True
     while True:
         try:
-            event = progress.get_nowait()
+            event = progress.get(timeout=wait_s) if first and wait_s else progress.get_nowait()
         except Exception:  # ray.util.queue.Empty, or the queue actor already gone
             return
+        first = False
         every = max(1, event.get("total", 1) // 20)  # about 20 progress lines per run
         if event["event"] == "step" and (event["step"] % every == 0 or event["step"] == event["total"]):
             report(f"  step {event['step']}/{event['total']}  loss {event['loss']:.4f}")
