@@ -96,6 +96,10 @@ class EvaluationError(ControllerError):
     """An evaluation could not be run (this fails its gate closed)."""
 
 
+class KnowledgeBaseError(ControllerError):
+    """Reading, chunking, embedding or indexing a knowledge base failed; the previous index keeps serving."""
+
+
 class GateFailed(ControllerError):
     """An evaluation ran and its thresholds were not met (or the gate has no result for a model).
 

@@ -230,11 +230,16 @@ def blockers(action: Action, failed: set[str]) -> list[str]:
 
 
 def _input_reasons(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """One reason per input file (a document, a data file) or environment variable that differs."""
     changed = sorted(path for path in set(old) | set(new) if old.get(path) != new.get(path))
-    return [
-        f"environment changed: {path[4:]}" if path.startswith("env:") else f"data changed: {path}"
-        for path in changed
-    ]
+    return [f"environment changed: {path[4:]}" if path.startswith("env:") else f"data {_how(path, old, new)}: {path}"
+            for path in changed]
+
+
+def _how(path: str, old: dict[str, str], new: dict[str, str]) -> str:
+    if "missing" in (old.get(path), new.get(path)):  # a pattern that matched nothing (fingerprint.py)
+        return "changed"
+    return "added" if path not in old else "removed" if path not in new else "changed"
 
 
 _UNSET = object()

@@ -18,7 +18,8 @@ MAX_PROJECT_FILE_BYTES = 64 * 1024
 
 class RaySettings(StrictModel):
     address: str | None = Field(default=None, description="Cluster address; RAY_ADDRESS wins; default: local head.")
-    num_cpus: int | None = Field(default=None, description="CPUs for the local head (default: all).")
+    num_cpus: int | None = Field(default=None, description="Logical CPUs of the local head (default: twice the cores, so that idle "
+                                                               "model replicas never starve a training job).")
 
 
 class ServeSettings(StrictModel):

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from .errors import ClusterError, LLMOpsError
+from .errors import ClusterError, LLMOpsError, PlanError
 from .headprocs import HEAD_MARKER_ENV, stop_head_processes
 from .project import Project
 
@@ -360,7 +360,7 @@ def _start_lock(project: Project) -> Iterator[None]:
 
 def _start_head(project: Project) -> dict:
     temp_root = Path(tempfile.gettempdir()) / f"llmops-ray-{secrets.token_hex(4)}"
-    num_cpus = project.settings.ray.num_cpus or os.cpu_count() or 1
+    num_cpus = project.settings.ray.num_cpus or local_head_cpus()
     names = ("gcs", "dashboard", "agent", "client")
     ports = dict(zip(names, _free_ports(len(names))))
     state = {
@@ -388,6 +388,35 @@ def _start_head(project: Project) -> dict:
     state["status"] = "running"
     _write_state(project, state)
     return state
+
+
+def check_fits(needs: dict[str, float], what: str, local: bool, remedy: str) -> None:
+    """Fail fast when a Ray job or task can never be scheduled (Ray would wait forever): it needs more
+    than the cluster has, or — on the local head, where nothing will free or add resources while
+    apply waits (only live deployments' replicas hold any between applies) — more than is free now.
+    A remote cluster may autoscale, so there only its size counts."""
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    for name, needed in needs.items():
+        if not needed:
+            continue
+        if needed > total.get(name, 0):
+            raise PlanError(f"resources: {what} needs {needed:g} {name} but the Ray cluster has "
+                            f"{total.get(name, 0):g}. {remedy}, or run on a larger cluster (RAY_ADDRESS).")
+        if local and needed > free.get(name, 0):
+            raise PlanError(f"resources: {what} needs {needed:g} {name} but the local Ray head has only "
+                            f"{free.get(name, 0):g} of its {total.get(name, 0):g} free (live deployments' model "
+                            "replicas hold the rest). Raise ray.num_cpus in llmops.yaml (logical CPUs; replicas "
+                            f"are idle between requests). {remedy}.")
+
+
+def local_head_cpus() -> int:
+    """Logical CPUs the local head advertises by default: twice the cores. Each Deployment's model
+    slots reserve logical CPUs (serving/config.py REPLICA_CPUS) for as long as they are up, though
+    they are idle between requests; with only the cores to give, a live deployment or two would
+    leave a retrain on a laptop waiting forever for CPUs nothing is using. The OS shares the cores."""
+    return 2 * (os.cpu_count() or 1)
 
 
 def _create_private_dir(path: Path) -> None:

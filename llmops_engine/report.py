@@ -75,7 +75,7 @@ def example_messages(engine: Engine, records: dict[str, ResourceRecord], deploym
     travels), the instruction as the user turn."""
     prompt = records.get(f"Prompt/{deployment.spec.get('prompt')}")
     uses_input = prompt is not None and "{input}" in str(prompt.spec.get("template", ""))
-    rows = _eval_rows(engine, records, deployment, EXAMPLE_ROWS_READ)
+    rows = _eval_rows(engine, records, deployment, EXAMPLE_ROWS_READ) or _knowledge_questions(engine, records, deployment)
     with_input = [r for r in rows if r.get("input")] if uses_input else []
     row = (with_input or rows or [{"instruction": "Hello! What can you help me with?"}])[0]
     messages = [{"role": "system", "content": row["input"]}] if uses_input and row.get("input") else []
@@ -103,6 +103,21 @@ def _eval_rows(engine: Engine, records: dict[str, ResourceRecord], deployment: R
     except (OSError, ValueError):
         pass  # an example is a courtesy: the rows read so far, or none
     return [r for r in rows if isinstance(r, dict) and isinstance(r.get("instruction"), str)]
+
+
+def _knowledge_questions(engine: Engine, records: dict[str, ResourceRecord], deployment: ResourceRecord) -> list[dict]:
+    """A grounded deployment without an eval split (a base model): its knowledge base's first test question."""
+    from .paths import match_files
+
+    knowledge = records.get(f"KnowledgeBase/{deployment.spec.get('knowledge_base')}")
+    queries = ((knowledge.spec.get("evaluation") or {}).get("queries") or {}).get("path") if knowledge else None
+    files = match_files(engine.project.root, queries).files if queries else []
+    try:
+        with files[0].open(encoding="utf-8") as handle:
+            question = json.loads(handle.readline(1 << 16)).get("question")
+    except (IndexError, OSError, ValueError, AttributeError):
+        return []  # an example is a courtesy
+    return [{"instruction": question}] if isinstance(question, str) else []
 
 
 def status_rows(engine: Engine) -> list[dict]:
@@ -148,7 +163,8 @@ def _row(key: str, record, desired_fp: str | None) -> dict:
 
 def _summary(outputs: dict) -> str:
     shown = []
-    for key in ("model_version", "passed", "train_rows", "eval_rows", "endpoint", "template_hash", "final_loss"):
+    for key in ("model_version", "passed", "train_rows", "eval_rows", "documents", "chunks", "endpoint", "template_hash",
+                "final_loss"):
         if key in outputs:
             value = outputs[key]
             value = value[:12] if key == "template_hash" else value

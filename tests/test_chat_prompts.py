@@ -394,7 +394,7 @@ def test_a_chat_tuning_job_saves_its_template_and_evaluation_renders_it_on_the_w
     # evaluation: a base: model asked with the chat Prompt renders through the model's template on the worker
     base = Contender("candidate", "base:m", prompt.spec.saved(), prompt.spec.template_hash(), base_ref=f"path:{model_dir}")
     runs = run_on_cluster(ray_project, ctx.store.root, [base], [Suite("main", rows[:2], ["candidate"])],
-                          Generation(max_new_tokens=3), repeats=1, gpus=0, run_name="chat")
+                          Generation(max_new_tokens=3), repeats=1, gpus=0, cpus=1, run_name="chat")
     assert len(runs["main"]["candidate"][0].outputs) == 2
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PATHS = ("specs", "llmops.yaml", "llmops.params.yaml", "data.dvc", ".dvc", ".dvcignore", "data", "dvc.yaml", "dvc.lock", "schema")
+DEMO_PATHS = ("specs", "kb", "llmops.yaml", "llmops.params.yaml", "data.dvc", ".dvc", ".dvcignore", "data", "dvc.yaml", "dvc.lock", "schema")
 
 
 def free_port() -> int:

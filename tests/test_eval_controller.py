@@ -153,3 +153,39 @@ def test_repeats_are_combined_as_the_spec_says_and_the_gate_judges_the_combinati
     assert values["exact_match"] == pytest.approx(exact_match)
     assert values["latency_p50_ms"] == pytest.approx(latency_p50_ms)
     assert outcome.verdict.passed is passed
+
+
+def test_variants_sit_beside_the_candidate_in_every_result_file_and_gate_only_where_named(tmp_path):
+    from llmops_engine.evaluation.contenders import Contender
+    from llmops_engine.evaluation.metrics import ModelRun
+    from llmops_engine.evaluation.outcome import assess
+    from llmops_engine.evaluation.report import comparison_table, write_results
+
+    thresholds = [{"metric": "exact_match", "min": 0.5}, {"metric": "exact_match", "min_delta_vs_baseline": 0.0,
+                                                           "baseline": "base+rag"}]
+    spec = gate(compare_to="base", thresholds=thresholds,
+                variants=[{"name": "base+rag", "model": "base", "prompt": "p"}]).spec
+    examples = [{"instruction": f"q{i}", "input": "", "output": f"answer {i}"} for i in range(2)]
+    runs = {
+        "candidate": [ModelRun(["answer 0", "answer 1"], [2, 2], [5.0, 5.0])],
+        "base": [ModelRun(["x", "y"], [9, 9], [4.0, 4.0])],
+        "base+rag": [ModelRun(["answer 0", "no"], [2, 1], [6.0, 6.0], sources=[["kb/a.md#0"], ["kb/b.md#1"]])],
+    }
+    rag = Contender("base+rag", "base:builtin:tiny-llama", {}, "r", knowledge={"name": "docs"})
+    contenders = [Contender("candidate", "abc123", {}, "h"), Contender("base", "base:builtin:tiny-llama", {}, "h")]
+    outcome = assess(spec, contenders, {}, examples, runs, variants=[rag])
+    assert [(c.baseline, c.status) for c in outcome.verdict.checks] == [("base", "pass"), ("base+rag", "pass")]
+    info = {"evaluation": "gate", "fingerprint": "f" * 64, "dataset": {"name": "d"}, "seed": 0, "batch_size": 16,
+            "template_hash": "h" * 64, "generation": spec.generation.model_dump(), "repeats": 1, "aggregate": "mean"}
+    write_results(tmp_path, outcome, info)
+
+    assert comparison_table(outcome).splitlines()[2:] == [
+        "| candidate | 1 |", "| base | 0 |", "| base+rag | 0.5 |"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["variants"]["base+rag"]["metrics"]["exact_match"] == 0.5
+    assert metrics["variants"]["base+rag"]["knowledge_base"] == "docs" and "base+rag" not in metrics["baselines"]
+    rows = [json.loads(line) for line in (tmp_path / "examples.jsonl").read_text().splitlines()]
+    assert rows[1]["base+rag"] == {"output": "no", "scores": {"exact_match": 0.0}, "sources": ["kb/b.md#1"]}
+    report = (tmp_path / "report.md").read_text()
+    assert "## Side by side" in report and "- variant base+rag:" in report and "knowledge base docs" in report
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"

@@ -334,3 +334,42 @@ def test_failed_gate_blocks_the_deployment_then_a_reachable_gate_lets_it_through
     through = llmops("apply")
     assert through.exit_code == 0, through.output
     assert states()["Deployment/api"] == "ready"
+
+
+def test_variants_are_scored_side_by_side_with_their_retrieved_context(on_cluster, tmp_path):
+    from llmops_engine.controllers.knowledge_base import KnowledgeBaseController
+
+    (on_cluster / "faq").mkdir(exist_ok=True)
+    for index, row in enumerate(ROWS):
+        (on_cluster / "faq" / f"faq-{index}.md").write_text(f"# {row['instruction']}\n\n{row['output']}\n")
+    kb = resource("KnowledgeBase", "docs", source={"path": "faq/*.md"}, retrieval={"mode": "bm25", "top_k": 1})
+    variants = [{"name": "base+rag", "model": "base", "prompt": "rag", "knowledge_base": "docs"},
+                {"name": "tuned+rag", "model": "tuned", "prompt": "rag", "knowledge_base": "docs"}]
+    thresholds = GATE + [{"metric": "rouge_l", "min_delta_vs_baseline": -1.0, "baseline": "base+rag"}]
+    evaluation = resource("Evaluation", "gate", model="tuned", dataset="d", thresholds=thresholds,
+                          generation=GENERATION, variants=variants)
+    rag = resource("Prompt", "rag", template="{context}\nQ: {instruction}\nA:")
+    ctx = make_context(on_cluster, [resource("Prompt", "p", **PROMPT), rag, resource("Dataset", "d", **DATASET),
+                                    TUNING, kb, evaluation])
+    publish_dataset(ctx, "d", eval_rows=ROWS, train_rows=ROWS)
+    kb_staging = ctx.store.staging_dir(ctx.fingerprint(kb.key))
+    KnowledgeBaseController().apply(kb, ctx, kb_staging)
+    ctx.store.publish(ctx.fingerprint(kb.key), kb_staging)
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    outputs = EvaluationController().apply(evaluation, ctx, staging)
+    assert set(outputs["variant_metrics"]) == {"base+rag", "tuned+rag"}
+    metrics = json.loads((staging / "metrics.json").read_text())
+    named = metrics["thresholds"][-1]  # the threshold that names a variant as its baseline
+    assert named["baseline"] == "base+rag" and named["baseline_value"] == outputs["variant_metrics"]["base+rag"]["rouge_l"]
+    assert set(metrics["variants"]) == {"base+rag", "tuned+rag"}
+    assert metrics["variants"]["base+rag"]["knowledge_base"] == "docs"
+    for index, row in enumerate(read_jsonl(staging / "examples.jsonl")):
+        # Each example retrieved its own FAQ entry; the plain candidate retrieved nothing.
+        assert row["base+rag"]["sources"] == row["tuned+rag"]["sources"] == [f"faq/faq-{index}.md#0"]
+        assert "sources" not in row["candidate"]
+    report = (staging / "report.md").read_text()
+    assert "## Side by side" in report and "| tuned+rag |" in report
+    assert (staging / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("side by side on the same examples" in line for line in ctx.reported)

@@ -98,3 +98,23 @@ def test_table_has_the_promised_columns_and_values():
     assert lines[2] == "| rouge_l | 0.35 | 0.3 (base) | >= 0.4 | FAIL |"
     assert lines[3].startswith("| rouge_l | 0.35 | 0.3 (base) | improvement >= 0.1 vs base (got 0.05")
     assert lines[3].endswith("| FAIL |")
+
+
+# (scenario, threshold, variants' metrics, expected statuses, expected baseline names)
+VARIANT_SCENARIOS = [
+    ("named variant beaten", T("rouge_l", min_delta_vs_baseline=0.05, baseline="base+rag"),
+     {"base+rag": {"rouge_l": 0.40}}, ["pass"], ["base+rag"]),
+    ("named variant not beaten", T("rouge_l", min_delta_vs_baseline=0.05, baseline="base+rag"),
+     {"base+rag": {"rouge_l": 0.48}}, ["fail"], ["base+rag"]),
+    ("variant lacks the metric: fails closed", T("rouge_l", min_ratio_vs_baseline=1.0, baseline="base+rag"),
+     {"base+rag": {}}, ["fail"], ["base+rag"]),
+    ("unnamed variants are never a default baseline", T("rouge_l", min_delta_vs_baseline=0.0),
+     {"base+rag": {"rouge_l": 0.9}}, ["pass"], ["base"]),
+]
+
+
+@pytest.mark.parametrize("scenario,threshold,variants,statuses,names", VARIANT_SCENARIOS, ids=[s[0] for s in VARIANT_SCENARIOS])
+def test_thresholds_may_name_a_variant_as_baseline(scenario, threshold, variants, statuses, names):
+    verdict = judge([threshold], {"rouge_l": 0.5}, {"base": {"rouge_l": 0.2}}, examples=10, variants=variants)
+    assert [c.status for c in verdict.checks] == statuses
+    assert [c.baseline for c in verdict.checks] == names

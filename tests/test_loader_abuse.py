@@ -143,6 +143,7 @@ def test_validate_accepts_the_demo_on_a_fresh_clone(tmp_path):
     """The demo's raw data is DVC-tracked and git-ignored: a fresh clone has its record only."""
     root = tmp_path / "clone"
     shutil.copytree(REPO / "specs", root / "specs")
+    shutil.copytree(REPO / "kb", root / "kb")  # the help center is in git too
     for name in ("llmops.yaml", "data.dvc", "data/general_chat.jsonl", "data/regression/general_qa.jsonl"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)  # in git, unlike the tickets
@@ -210,7 +211,8 @@ def test_shipped_prompts_render_as_before():
     assert prompts
     for prompt in prompts:
         spec = prompt.spec
-        for values in ({"instruction": "How do I reset?", "input": "Nimbus Chat"}, {"instruction": "Hi", "input": ""}):
+        for values in ({"instruction": "How do I reset?", "input": "Nimbus Chat", "context": "Docs."},
+                       {"instruction": "Hi", "input": "", "context": ""}):
             chosen = spec.template_no_input if (not values["input"] and spec.template_no_input) else spec.template
             expected = chosen.format(**values)
             if spec.format == "chat":  # the user turn; the model's chat template wraps it (test_chat_prompts)

@@ -59,6 +59,22 @@ spec:
     - {metric: exact_match, min: 0.1}
 """
 
+KB = """\
+apiVersion: llmops/v1
+kind: KnowledgeBase
+metadata: {{name: docs}}
+spec:
+  source: {{path: "data/*.jsonl", text_field: q}}
+{extra}"""
+
+RAG_PROMPT = """\
+apiVersion: llmops/v1
+kind: Prompt
+metadata: {name: rag}
+spec:
+  template: "{context} Q: {instruction}"
+"""
+
 PROMPT_Q = "apiVersion: llmops/v1\nkind: Prompt\nmetadata: {{name: q}}\nspec:\n  template: {template}\n"
 
 
@@ -201,6 +217,33 @@ CASES = [
     ("impossible-date", PROMPT_Q.format(template="2024-13-45"), 5, "spec.template", "cannot read value '2024-13-45'"),
     ("mapping-as-key", "apiVersion: llmops/v1\nkind: Prompt\nmetadata: {name: q}\nspec:\n  ? [a]\n  : b\n",
      5, "spec", "keys must be strings, got a sequence"),
+    ("kb-overlap", KB.format(extra="  chunking: {max_chars: 100, overlap: 100}\n"),
+     6, "spec.chunking.overlap", "overlap (100) must be smaller than max_chars (100)"),
+    ("kb-embedder", KB.format(extra="  embedder: builtin:word2vec\n"), 6, "spec.embedder", "should match pattern"),
+    ("kb-no-documents", KB.replace("data/*.jsonl", "kb/*.md").format(extra=""),
+     5, "spec.source.path", "'kb/*.md' matches no file"),
+    ("kb-gate-metric", KB.format(extra="  evaluation:\n    queries: {path: data/x.jsonl}\n    thresholds:\n"
+                                       "      - {metric: ndcg, min: 0.5}\n"),
+     9, "spec.evaluation.thresholds.0.metric", "'hit_at_k', 'mrr' or 'recall_at_k'"),
+    ("base-model-gated", DEPLOYMENT.format(name="dep", extra="").replace("model: t", "model: builtin:tiny-llama")
+     .replace("gate: null", "gate: ev"), 7, "spec.gate", "write gate: null"),
+    ("provider-model", DEPLOYMENT.format(name="dep", extra="").replace("model: t", "model: provider:gw/small"),
+     5, "spec.model", "neither a TuningJob name nor a model ref"),
+    ("context-without-kb", RAG_PROMPT + "---\n" + DEPLOYMENT.format(name="dep", extra="  allow_prompt_mismatch: true\n")
+     .replace("prompt: p", "prompt: rag"), 12, "spec.prompt", "uses {context}, which only a knowledge base fills"),
+    ("kb-without-context", KB.format(extra="") + "---\n" + DEPLOYMENT.format(name="dep", extra="  knowledge_base: docs\n"),
+     12, "spec.prompt", "has no {context} placeholder"),
+    ("kb-dangling", DEPLOYMENT.format(name="dep", extra="  knowledge_base: dcs\n"),
+     9, "spec.knowledge_base", "no KnowledgeBase named 'dcs'"),
+    ("variant-reserved-name", EVALUATION + "  variants:\n    - {name: base, model: base}\n",
+     10, "spec.variants.0.name", "taken by the evaluation itself"),
+    ("variant-twice", EVALUATION + "  variants:\n    - {name: a, model: base}\n    - {name: a, model: t}\n",
+     11, "spec.variants.1.name", "variant name 'a' is used twice"),
+    ("variant-unknown-baseline", EVALUATION.replace("min: 0.1}", "min_delta_vs_baseline: 0.1, baseline: rag}"),
+     8, "spec.thresholds.0.baseline", "baseline 'rag' is not base, champion or a variant"),
+    ("variant-kb-needs-context", KB.format(extra="") + "---\n" + EVALUATION
+     + "  variants:\n    - {name: rag, model: base, knowledge_base: docs}\n",
+     16, "spec.variants.0.knowledge_base", "Prompt 'p' has no {context} placeholder"),
 ]
 
 

@@ -20,6 +20,7 @@ def observed(key, fp, spec=None, deps=None, inputs=None, status="ready", message
 DATA = "Dataset/d"
 JOB = "TuningJob/t"
 EVAL = "Evaluation/e"
+KB = "KnowledgeBase/docs"
 
 SCENARIOS = [
     (
@@ -45,6 +46,12 @@ SCENARIOS = [
         [desired(DATA, "d2", inputs={"data/x.jsonl": "h2"}), desired(JOB, "t2", deps={DATA: "d2"})],
         {DATA: observed(DATA, "d1", inputs={"data/x.jsonl": "h1"}), JOB: observed(JOB, "t1", deps={DATA: "d1"})},
         [(DATA, "update", ["data changed: data/x.jsonl"]), (JOB, "update", ["upstream dataset d changed"])],
+    ),
+    (
+        "each changed, added and removed document is named",
+        [desired(KB, "k2", inputs={"kb/a.md": "a1", "kb/b.md": "b2", "kb/new.md": "n1"})],
+        {KB: observed(KB, "k1", inputs={"kb/a.md": "a1", "kb/b.md": "b1", "kb/old.md": "o1"})},
+        [(KB, "update", ["data changed: kb/b.md", "data added: kb/new.md", "data removed: kb/old.md"])],
     ),
     (
         "transitive upstream change reaches the evaluation",

@@ -19,7 +19,7 @@ from llmops_engine.serving.config import (
 )
 from llmops_engine.serving.deploy import key_hashes
 from llmops_engine.serving.metrics import Metrics
-from llmops_engine.serving.openai_api import APIError, ChatRequest, CompletionRequest, chat_stream
+from llmops_engine.serving.openai_api import APIError, ChatRequest, CompletionRequest, chat_response, chat_stream
 from llmops_engine.serving.rollout import judge
 from llmops_engine.specs.deployment import DeploymentSpec
 
@@ -113,6 +113,17 @@ def test_chat_stream_events_end_with_usage_then_done():
     usage = json.loads(events[-2][6:])
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 5
     assert json.loads(events[-3][6:])["choices"][0]["finish_reason"] == "length"
+
+
+def test_grounded_answers_carry_their_sources_in_the_response_and_the_stream_finish():
+    gen = {"text": "a b", "prompt_tokens": 3, "completion_tokens": 2, "finish_reason": "stop"}
+    sources = [{"id": "kb/billing.md#0", "source": "kb/billing.md", "score": 0.03}]
+    assert chat_response("r1", "api", gen, sources)["sources"] == sources
+    assert "sources" not in chat_response("r1", "api", gen)  # an ungrounded deployment adds nothing
+    events = [json.loads(e[6:]) for e in chat_stream("r1", "api", gen, True, ["a", " b"], sources)[:-1]]
+    finish = next(e for e in events if e["choices"] and e["choices"][0]["finish_reason"])
+    assert finish["sources"] == sources
+    assert [e for e in events if "sources" in e] == [finish]
 
 
 def test_metrics_exposition_has_counters_and_a_cumulative_histogram():

@@ -110,3 +110,37 @@ def test_merged_export_matches_base_plus_adapter(tmp_path):
         expected, got = tuned(input_ids=ids).logits, merged(input_ids=ids).logits
     assert torch.allclose(expected, got, atol=5e-2)  # merged weights are stored in fp16
     assert not torch.allclose(expected, load_causal_lm(base.path)(input_ids=ids).logits, atol=5e-2)
+
+
+# (scenario, cluster total, free now, local head?, error fragment or None)
+RESOURCE_SCENARIOS = [
+    ("fits", {"CPU": 4.0}, {"CPU": 4.0}, True, None),
+    ("never fits anywhere", {"CPU": 1.0}, {"CPU": 1.0}, False, "the Ray cluster has 1"),
+    ("local head: replicas hold the CPUs", {"CPU": 4.0}, {"CPU": 1.0}, True, "only 1 of its 4 free"),
+    ("a remote cluster may free or add CPUs", {"CPU": 4.0}, {"CPU": 1.0}, False, None),
+]
+
+
+@pytest.mark.parametrize("scenario,total,free,local,fragment", RESOURCE_SCENARIOS, ids=[s[0] for s in RESOURCE_SCENARIOS])
+def test_a_job_that_would_wait_forever_fails_fast(monkeypatch, scenario, total, free, local, fragment):
+    import ray
+
+    from llmops_engine.errors import PlanError
+    from llmops_engine.training.run import check_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: total)
+    monkeypatch.setattr(ray, "available_resources", lambda: free)
+    if fragment is None:
+        check_resources(workers=1, gpus_per_worker=0, cpus_per_worker=2, local=local)
+        return
+    with pytest.raises(PlanError, match=fragment):
+        check_resources(workers=1, gpus_per_worker=0, cpus_per_worker=2, local=local)
+
+
+def test_the_local_head_leaves_room_for_idle_replicas_beside_a_training_job(monkeypatch):
+    from llmops_engine.raycluster import local_head_cpus
+    from llmops_engine.serving.config import REPLICA_CPUS, SLOTS
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    demo_deployments, demo_training_cpus = 2, 2
+    assert local_head_cpus() >= demo_training_cpus + demo_deployments * len(SLOTS) * REPLICA_CPUS

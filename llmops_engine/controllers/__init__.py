@@ -17,6 +17,7 @@ from .base import ApplyContext, BaseController, Controller, Outputs
 BUILTIN = {
     "Prompt": "llmops_engine.controllers.prompt:PromptController",
     "Dataset": "llmops_engine.controllers.dataset:DatasetController",
+    "KnowledgeBase": "llmops_engine.controllers.knowledge_base:KnowledgeBaseController",
     "TuningJob": "llmops_engine.controllers.tuning:TuningController",
     "Evaluation": "llmops_engine.controllers.evaluation:EvaluationController",
     "Deployment": "llmops_engine.controllers.deployment:DeploymentController",

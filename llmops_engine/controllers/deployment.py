@@ -6,6 +6,7 @@ dashboard over plain HTTP. Ray and the serving stack are imported inside `apply`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,28 +28,23 @@ class DeploymentController(BaseController):
         self.fault_error_rate = fault_error_rate
 
     def apply(self, resource: Resource, ctx: ApplyContext, staging: Path) -> Outputs:
-        from ..serving.config import ModelRef, config_digest
+        from ..serving.config import config_digest
         from ..serving.deploy import deploy, endpoint
 
         spec = resource.normalized_spec()
-        model_key = f"TuningJob/{resource.spec.model}"
-        fingerprint = ctx.fingerprint(model_key)
-        _check_gate(resource, ctx, fingerprint)
-        _check_prompt(resource, ctx, model_key)
-        model_dir = ctx.artifact_dir(model_key)
-        if not model_dir.is_dir():
-            raise DeploymentError(f"the artifacts of {model_key} ({fingerprint[:12]}) are missing; apply it first")
-        target = ModelRef(version=fingerprint[:12], fingerprint=fingerprint, path=str(model_dir),
-                          store_url=ctx.store.url, fault_error_rate=self.fault_error_rate)
-
+        target = self._target(resource, ctx)
         outcome, config, dashboard = deploy(ctx.project, resource.name, spec, target, ctx.report)
-        previous = _previous_fingerprint(ctx.records.get(resource.key), outcome, fingerprint)
+        previous = _previous_served(ctx.records.get(resource.key), outcome, target)
         _write_artifacts(staging, config, outcome)
         return {
-            "model_fingerprint": fingerprint,
-            "model_version": fingerprint[:12],
-            "previous_model_fingerprint": previous,
-            "previous_model_version": previous[:12] if previous else None,
+            "model_fingerprint": target.fingerprint,
+            "model_version": target.version,
+            "previous_model_fingerprint": previous.get("fingerprint") if previous else None,
+            "previous_model_version": previous.get("version") if previous else None,
+            # What each slot was given, so `llmops rollback` restores the prompt and index too.
+            "served": _shown(target),
+            "previous_served": previous,
+            "knowledge_base": _knowledge_fingerprint(target),
             # The gateway's base URL; `model_id` in a request selects this deployment there.
             "endpoint": endpoint(ctx.project),
             "model_id": resource.name,
@@ -60,6 +56,33 @@ class DeploymentController(BaseController):
             "dashboard_url": dashboard.url,
             "serve_config_digest": config_digest(config),
         }
+
+    def _target(self, resource: Resource, ctx: ApplyContext):
+        """What the slots will serve: the gated TuningJob output or a base model, with the prompt
+        it is asked with when that is not the model's own, and the knowledge base's index."""
+        from ..serving.config import ModelRef
+
+        spec = resource.spec
+        knowledge = _knowledge(resource, ctx)
+        # A tuned model is asked its own way (template.json) unless the spec says otherwise.
+        own_prompt = not (spec.serves_base_model() or knowledge or spec.allow_prompt_mismatch)
+        prompt = None if own_prompt else _served_prompt(resource, ctx)
+        if spec.serves_base_model():
+            ref = _absolute_ref(spec.model, ctx)
+            identity = _identity(ref, prompt, knowledge)
+            return ModelRef(version=identity[:12], fingerprint=identity, base=ref, store_root=str(ctx.store.root),
+                            prompt=prompt, knowledge=knowledge, fault_error_rate=self.fault_error_rate)
+        model_key = f"TuningJob/{spec.model}"
+        fingerprint = ctx.fingerprint(model_key)
+        _check_gate(resource, ctx, fingerprint)
+        _check_prompt(resource, ctx, model_key)
+        model_dir = ctx.artifact_dir(model_key)
+        if not model_dir.is_dir():
+            raise DeploymentError(f"the artifacts of {model_key} ({fingerprint[:12]}) are missing; apply it first")
+        # A tuned model asked its own way keeps its fingerprint's name; another prompt or an index makes a new version.
+        version = fingerprint[:12] if own_prompt else _identity(fingerprint, prompt, knowledge)[:12]
+        return ModelRef(version=version, fingerprint=fingerprint, path=str(model_dir), store_url=ctx.store.url,
+                        prompt=prompt, knowledge=knowledge, fault_error_rate=self.fault_error_rate)
 
     def delete(self, record: ResourceRecord, ctx: ApplyContext) -> None:
         from ..serving.deploy import undeploy
@@ -146,14 +169,58 @@ def _record_outputs(ctx: ApplyContext, key: str) -> dict:
         return {}
 
 
-def _previous_fingerprint(record: ResourceRecord | None, outcome, fingerprint: str) -> str | None:
-    if outcome.previous is not None and outcome.previous.fingerprint != fingerprint:
-        return outcome.previous.fingerprint
-    if record is not None:  # same version re-applied (drift restore, settings change)
-        before = record.outputs
-        return before.get("previous_model_fingerprint") if before.get("model_fingerprint") == fingerprint \
-            else before.get("model_fingerprint")
-    return None
+def _knowledge(resource: Resource, ctx: ApplyContext) -> dict | None:
+    from .knowledge_base import published_index
+
+    name = resource.spec.knowledge_base
+    return published_index(name, ctx) if name else None
+
+
+def _served_prompt(resource: Resource, ctx: ApplyContext) -> dict:
+    return ctx.resources[f"Prompt/{resource.spec.prompt}"].spec.saved()
+
+
+def _absolute_ref(ref: str, ctx: ApplyContext) -> str:
+    # Serve replicas do not run in the project root: make path: and gguf: refs absolute.
+    kind, _, path = ref.partition(":")
+    if kind in ("path", "gguf") and not Path(path).is_absolute():
+        return f"{kind}:{ctx.root / path}"
+    return ref
+
+
+def _identity(model: str, prompt: dict | None, knowledge: dict | None) -> str:
+    """A served version's identity: the model, the prompt it is asked with, the index it reads."""
+    from ..fingerprint import canonical_json
+
+    parts = {"model": model, "prompt": prompt, "knowledge": knowledge and {k: v for k, v in knowledge.items() if k != "path"}}
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+
+
+def _knowledge_fingerprint(target) -> str | None:
+    return target.knowledge["fingerprint"] if target.knowledge else None
+
+
+def _shown(target) -> dict:
+    """A ModelRef as the record keeps it (no test-only fault rate)."""
+    return {k: v for k, v in target.to_json().items() if k != "fault_error_rate"}
+
+
+def _previous_served(record: ResourceRecord | None, outcome, target) -> dict | None:
+    """What served before this apply, for `llmops rollback` (None when nothing else ever did)."""
+    if outcome.previous is not None and outcome.previous.version != target.version:
+        return _shown(outcome.previous)
+    if record is None:
+        return None
+    before = record.outputs
+    if before.get("model_version") == target.version:  # same version re-applied (drift restore, settings change)
+        return before.get("previous_served") or _legacy_served(before, "previous_model_fingerprint")
+    return before.get("served") or _legacy_served(before, "model_fingerprint")
+
+
+def _legacy_served(outputs: dict, key: str) -> dict | None:
+    # Records written before `served` existed: a tuned model asked its own way.
+    fingerprint = outputs.get(key)
+    return {"version": fingerprint[:12], "fingerprint": fingerprint} if fingerprint else None
 
 
 def _keys_changed(record: ResourceRecord, config: dict) -> bool:

@@ -1,8 +1,9 @@
 """Evaluation controller: score a candidate model and its baselines, then gate promotion.
 
-Recipe: pick the contenders (candidate, base, live champion) → read the eval split (and the
-regression set's, scored for the candidate and the base) → run them all in one Ray task →
-compute metrics → judge thresholds → write metrics.json, examples.jsonl and report.md.
+Recipe: pick the contenders (candidate, base, live champion) and the spec's variants → read
+the eval split (and the regression set's, scored for the candidate, the base and the variants)
+→ run them all in one Ray task → compute metrics → judge thresholds → write metrics.json,
+examples.jsonl, report.md and, with variants, the side-by-side comparison.png.
 A failed gate raises GateFailed (which stops everything downstream); its report is kept
 under <store>/reports/<fingerprint>/, outside objects/, so it can be read but never mistaken
 for a passed result.
@@ -17,7 +18,7 @@ from ..evaluation import contenders as pick
 from ..evaluation.contenders import Contender
 from ..evaluation.gates import REGRESSION_PREFIX, table
 from ..evaluation.outcome import REGRESSION_ROLES, Outcome, assess
-from ..evaluation.report import write_results
+from ..evaluation.report import comparison_table, write_results
 from ..specs.resource import Resource
 from .base import ApplyContext, BaseController, Outputs
 
@@ -33,6 +34,7 @@ class EvaluationController(BaseController):
         candidate = pick.candidate(resource, ctx)
         baselines, skipped = pick.baselines(resource, ctx, candidate)
         contenders = [candidate, *baselines]
+        variants = pick.variants(resource, ctx, candidate)
         for name, why in skipped.items():
             ctx.report(f"{resource.key}: not comparing with {name}: {why}")
 
@@ -42,10 +44,12 @@ class EvaluationController(BaseController):
             regression_dir = ctx.artifact_dir(f"Dataset/{spec.regression.dataset}")
             regression_examples = load_examples(regression_dir, spec.max_examples)
             regression_base = next((c for c in baselines if c.role == "base"), None) or pick.base_of(candidate, ctx)
-        runs = _run(resource, ctx, fingerprint, contenders, examples, regression_examples, regression_base)
+        runs = _run(resource, ctx, fingerprint, contenders + variants, examples, regression_examples, regression_base)
         outcome = assess(spec, contenders, skipped, examples, runs.get("main", {}),
-                         regression_examples, runs.get("regression", {}))
+                         regression_examples, runs.get("regression", {}), variants)
         write_results(staging, outcome, _run_info(resource, ctx, fingerprint, candidate, regression_base))
+        if variants:
+            ctx.report(f"{resource.key}: side by side on the same examples\n{comparison_table(outcome)}")
 
         if not outcome.verdict.passed:
             report_dir = ctx.store.keep_report(fingerprint, staging)
@@ -61,10 +65,12 @@ def _run(resource: Resource, ctx: ApplyContext, fingerprint: str, contenders: li
     from ..evaluation.runner import Suite, run_on_cluster
 
     spec = resource.spec
-    suites = [Suite("main", examples, [c.role for c in contenders])]
+    suites = [Suite("main", examples, [c.role for c in contenders], _needs_losses(spec.metric_names()))]
     loaded = list(contenders)
     if regression_examples is not None:
-        suites.append(Suite("regression", regression_examples, list(REGRESSION_ROLES)))
+        variant_roles = [v.name for v in spec.variants]
+        suites.append(Suite("regression", regression_examples, [*REGRESSION_ROLES, *variant_roles],
+                            _needs_losses(spec.regression.metric_names())))
         if regression_base not in contenders:  # compare_to has no base: it is scored on the regression set only
             loaded.append(regression_base)
     suites = [s for s in suites if s.examples]
@@ -76,8 +82,14 @@ def _run(resource: Resource, ctx: ApplyContext, fingerprint: str, contenders: li
     ))
     return run_on_cluster(
         ctx.project, ctx.store.root, [c for c in loaded if c.role in scored], suites, spec.generation,
-        spec.repeats, spec.gpus, run_name=f"{resource.name}-{fingerprint[:12]}",
+        spec.repeats, spec.gpus, spec.cpus, run_name=f"{resource.name}-{fingerprint[:12]}",
     )
+
+
+def _needs_losses(metrics: list[str]) -> bool:
+    from ..evaluation.metrics import LOSS_METRICS
+
+    return bool(LOSS_METRICS & set(metrics))
 
 
 def _run_info(resource: Resource, ctx: ApplyContext, fingerprint: str, candidate: Contender,
@@ -128,6 +140,8 @@ def _outputs(outcome: Outcome) -> Outputs:
         "model_fingerprint": outcome.candidate.label,
         "metrics": outcome.scores[outcome.candidate.role].values,
         "baseline_metrics": {c.role: outcome.scores[c.role].values for c in outcome.baselines},
+        **({"variant_metrics": {v.role: outcome.scores[v.role].values for v in outcome.variants}}
+           if outcome.variants else {}),
         "examples": len(outcome.examples),
         **({"regression_metrics": {role: s.values for role, s in outcome.regression.scores.items()}}
            if outcome.regression else {}),

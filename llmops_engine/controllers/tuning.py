@@ -41,7 +41,7 @@ class TuningController(BaseController):
         from ..training.run import check_resources, run_name, run_training
 
         cluster = raycluster.connect(ctx.project)
-        check_resources(**spec.resources.model_dump())
+        check_resources(**spec.resources.model_dump(), local=ctx.project.ray_address() is None)
 
         # 1. inputs
         rows = _read_train_rows(ctx.artifact_dir(dataset_key) / "train.jsonl", dataset_key)

@@ -1,14 +1,15 @@
-"""Which models an Evaluation scores: the candidate and its baselines (base, champion).
+"""Which models an Evaluation scores: the candidate, its baselines (base, champion) and variants.
 
 Every contender is rendered with one template so that the comparison is fair: the
 candidate's own (a tuned model's template.json, or the spec's Prompt for a base: model),
-except the champion, which is asked the way it was tuned to be asked.
+except the champion, which is asked the way it was tuned to be asked, and a variant, which
+is asked with its own Prompt when it names one (and retrieves {context} from its knowledge base).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..controllers.base import ApplyContext
@@ -20,13 +21,14 @@ TEMPLATE_KEYS = ("format", "system", "template", "template_no_input", "chat_temp
 
 @dataclass(frozen=True)
 class Contender:
-    role: str  # candidate | base | champion
+    role: str  # candidate | base | champion | a variant's name
     label: str  # TuningJob fingerprint, or the base model ref
     template: dict  # TEMPLATE_KEYS, as in template.json (a chat prompt's carries its chat template)
     template_hash: str
     model_dir: str | None = None  # a TuningJob artifact dir ...
     base_ref: str | None = None  # ... or an untuned base model (builtin:, hf:, path:)
     store_url: str | None = None  # where a worker without model_dir fetches it (by label = fingerprint)
+    knowledge: dict | None = None  # a knowledge base's published index (controllers/knowledge_base.published_index)
 
 
 def candidate(resource: Resource, ctx: ApplyContext) -> Contender:
@@ -55,6 +57,33 @@ def baselines(resource: Resource, ctx: ApplyContext, cand: Contender) -> tuple[l
         else:
             found.append(champion)
     return found, skipped
+
+
+def variants(resource: Resource, ctx: ApplyContext, cand: Contender) -> list[Contender]:
+    """The spec's variants as contenders, in spec order."""
+    from ..controllers.knowledge_base import published_index
+    from ..specs.tuning import is_model_ref
+
+    found = []
+    for variant in resource.spec.variants:
+        if variant.model == "base":
+            contender = replace(base_of(cand, ctx), role=variant.name)
+        elif is_model_ref(variant.model):
+            ref = _absolute_ref(variant.model, ctx)
+            contender = Contender(variant.name, f"base:{ref}", cand.template, cand.template_hash, base_ref=ref)
+        else:
+            key = f"TuningJob/{variant.model}"
+            contender = _trained(variant.name, ctx.fingerprint(key), ctx.artifact_dir(key), ctx.store.url)
+        if variant.prompt is not None:
+            prompt = ctx.resources[f"Prompt/{variant.prompt}"].spec
+            chat_template = contender.template.get("chat_template") if prompt.format == "chat" else None
+            template = {**prompt.saved(), "chat_template": chat_template}
+            contender = replace(contender, template={k: template.get(k) for k in TEMPLATE_KEYS},
+                                template_hash=prompt.template_hash())
+        if variant.knowledge_base is not None:
+            contender = replace(contender, knowledge=published_index(variant.knowledge_base, ctx))
+        found.append(contender)
+    return found
 
 
 def live_champion(gate: str, ctx: ApplyContext) -> Contender | None:

@@ -77,13 +77,16 @@ def judge(
     examples: int,
     errors: Mapping[str, str] | None = None,
     evaluation_error: str | None = None,
+    variants: Mapping[str, MetricValues] | None = None,
 ) -> Verdict:
     """Judge every bound of every threshold.
 
     `baselines` maps each compared baseline ("base", "champion") to its metrics, or to None
-    when it does not exist (its relative bounds are skipped). `errors` says why a metric is
+    when it does not exist (its relative bounds are skipped). `variants` are compared only by
+    thresholds that name them (`baseline: base+rag`). `errors` says why a metric is
     missing; `evaluation_error` (or `examples == 0`) fails every check."""
     errors = errors or {}
+    named = {**(variants or {}), **baselines}
     verdict = Verdict(checks=[])
     if evaluation_error is None and examples == 0:
         evaluation_error = "the eval split is empty: nothing was evaluated"
@@ -99,7 +102,7 @@ def judge(
                 continue
             for name in _baselines_for(threshold, baselines):
                 check = Check(threshold.metric, bound, limit, value, baseline=name)
-                verdict.checks.append(_relative(check, baselines[name], errors, evaluation_error))
+                verdict.checks.append(_relative(check, named.get(name), errors, evaluation_error))
     verdict.notes = sorted({c.note for c in verdict.checks if c.status == "skipped"})
     return verdict
 

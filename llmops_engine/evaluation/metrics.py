@@ -17,6 +17,7 @@ from ..specs.evaluation import MetricOptions
 from ..specs.regexes import regex_problem
 
 LOWER_IS_BETTER = frozenset({"eval_loss", "perplexity", "latency_p50_ms", "latency_p95_ms"})
+LOSS_METRICS = frozenset({"eval_loss", "perplexity"})  # need a scoring pass besides generation
 NEUTRAL = frozenset({"output_tokens_mean"})  # neither direction is "better"
 NOT_DETERMINISTIC = frozenset({"latency_p50_ms", "latency_p95_ms"})  # wall-clock, varies per run
 
@@ -29,6 +30,7 @@ class ModelRun:
     output_tokens: list[int]
     latencies_ms: list[float]  # per example: wall time of the generate call that answered it
     losses: list[float] | None = None  # mean token loss on the expected response, per example
+    sources: list[list[str]] | None = None  # per example: the chunk ids a knowledge base retrieved for it
 
 
 @dataclass

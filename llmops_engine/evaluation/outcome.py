@@ -20,7 +20,7 @@ class RegressionOutcome:
     dataset: str
     examples: list[dict]
     runs: dict[str, list[ModelRun]]  # role -> one run per repeat
-    scores: dict[str, Scores]  # candidate, base
+    scores: dict[str, Scores]  # candidate, base, then each variant
 
 
 @dataclass
@@ -33,6 +33,12 @@ class Outcome:
     verdict: Verdict  # the whole gate: main checks, then the regression set's
     notes: list[str] = field(default_factory=list)
     regression: RegressionOutcome | None = None
+    variants: list[Contender] = field(default_factory=list)  # scored beside, gated only where named
+
+    @property
+    def systems(self) -> list[Contender]:
+        """Every scored system in report order: candidate, baselines, variants."""
+        return self.contenders + self.variants
 
     @property
     def candidate(self) -> Contender:
@@ -51,30 +57,34 @@ def assess(
     runs: dict[str, list[ModelRun]],
     regression_examples: list[dict] | None = None,
     regression_runs: dict[str, list[ModelRun]] | None = None,
+    variants: Sequence[Contender] = (),
 ) -> Outcome:
     """Score and judge. With `spec.regression`, `regression_examples` is its eval split and
-    `regression_runs` the candidate's and base's runs on it (missing runs fail closed)."""
+    `regression_runs` the candidate's, base's and variants' runs on it (missing runs fail closed)."""
     expected = [e["output"] for e in examples]
     names = spec.metric_names()
-    scores = {c.role: _score_repeats(spec, names, expected, runs.get(c.role, [])) for c in contenders}
+    scores = {c.role: _score_repeats(spec, names, expected, runs.get(c.role, [])) for c in [*contenders, *variants]}
     cand = contenders[0].role
     baselines = {c.role: scores[c.role].values for c in contenders[1:]}
     baselines.update({name: None for name in skipped})
     verdict = judge(
-        spec.thresholds, scores[cand].values, baselines, examples=len(examples), errors=scores[cand].errors
+        spec.thresholds, scores[cand].values, baselines, examples=len(examples), errors=scores[cand].errors,
+        variants={v.role: scores[v.role].values for v in variants},
     )
     notes = [f"{name}: {why}; relative thresholds against it were skipped" for name, why in skipped.items()]
     regression = None
     if spec.regression is not None:
-        regression = _regression(spec, regression_examples or [], regression_runs or {})
+        roles = [*REGRESSION_ROLES, *(v.role for v in variants)]
+        regression = _regression(spec, regression_examples or [], regression_runs or {}, roles)
         verdict = with_regression(verdict, _judge_regression(spec, regression))
-    return Outcome(contenders, skipped, examples, runs, scores, verdict, notes, regression)
+    return Outcome(contenders, skipped, examples, runs, scores, verdict, notes, regression, list(variants))
 
 
-def _regression(spec: EvaluationSpec, examples: list[dict], runs: dict[str, list[ModelRun]]) -> RegressionOutcome:
+def _regression(spec: EvaluationSpec, examples: list[dict], runs: dict[str, list[ModelRun]],
+                roles: Sequence[str]) -> RegressionOutcome:
     expected = [e["output"] for e in examples]
     names = spec.regression.metric_names()
-    scores = {role: _score_repeats(spec, names, expected, runs.get(role, [])) for role in REGRESSION_ROLES}
+    scores = {role: _score_repeats(spec, names, expected, runs.get(role, [])) for role in roles}
     return RegressionOutcome(spec.regression.dataset, examples, runs, scores)
 
 

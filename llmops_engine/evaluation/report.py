@@ -1,5 +1,6 @@
 """The saved result of an Evaluation: metrics.json, examples.jsonl and report.md (plus
-regression_examples.jsonl when a regression set is scored)."""
+regression_examples.jsonl when a regression set is scored, and comparison.png, every system's
+scores side by side, when the spec has variants)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .metrics import LOWER_IS_BETTER, NEUTRAL, NOT_DETERMINISTIC
 from .outcome import Outcome
 
 WORST_EXAMPLES = 5
+COMPARISON_CHART = "comparison.png"
 REGRESSION_EXAMPLES = "regression_examples.jsonl"
 
 
@@ -26,6 +28,10 @@ def write_results(directory: Path, outcome: Outcome, run_info: dict) -> None:
             for row in _rows(outcome.regression.examples, outcome.regression.runs, outcome.regression.scores):
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (directory / "report.md").write_text(markdown(outcome, run_info), encoding="utf-8")
+    if outcome.variants:
+        from .chart import write_comparison_chart
+
+        write_comparison_chart(comparison(outcome), directory / COMPARISON_CHART, run_info["evaluation"])
 
 
 def metrics_document(outcome: Outcome, run_info: dict) -> dict:
@@ -46,7 +52,8 @@ def metrics_document(outcome: Outcome, run_info: dict) -> dict:
         "skipped_baselines": outcome.skipped,
         "thresholds": [asdict(c) for c in outcome.verdict.checks],
         "notes": outcome.notes,
-        "model_fingerprints": {c.role: c.label for c in outcome.contenders},
+        "model_fingerprints": {c.role: c.label for c in outcome.systems},
+        "variants": {v.role: {**model_entry(v), "knowledge_base": _knowledge_name(v)} for v in outcome.variants},
         "not_deterministic": sorted(NOT_DETERMINISTIC),
         **run_info,
     }
@@ -77,6 +84,8 @@ def _rows(examples: list[dict], runs_by_role: dict[str, list], scores: dict):
             if not runs:
                 continue
             entry = {"output": runs[0].outputs[index], "scores": scores[role].per_example[index]}
+            if runs[0].sources is not None:
+                entry["sources"] = runs[0].sources[index]
             if len(runs) > 1:
                 entry["other_repeats"] = [run.outputs[index] for run in runs[1:]]
             row[role] = entry
@@ -85,12 +94,14 @@ def _rows(examples: list[dict], runs_by_role: dict[str, list], scores: dict):
 
 def markdown(outcome: Outcome, run_info: dict) -> str:
     verdict = "PASSED" if outcome.verdict.passed else "FAILED"
-    roles = [c.role for c in outcome.contenders]
+    roles = [c.role for c in outcome.systems]
     lines = [
         f"# Evaluation {run_info['evaluation']}: gate {verdict}",
         "",
         f"- candidate: `{outcome.candidate.label}`",
         *[f"- {c.role}: `{c.label}`" for c in outcome.baselines],
+        *[f"- variant {v.role}: `{v.label}`, prompt `{v.template_hash[:12]}`"
+          + (f", knowledge base {_knowledge_name(v)}" if v.knowledge else "") for v in outcome.variants],
         f"- dataset: {run_info['dataset']['name']} eval split, {len(outcome.examples)} examples",
         f"- decoding: {_decoding(run_info)}; seed {run_info['seed']}, batch size {run_info['batch_size']}",
         f"- template hash: `{run_info['template_hash'][:12]}`; fingerprint `{run_info['fingerprint'][:12]}`",
@@ -109,6 +120,7 @@ def markdown(outcome: Outcome, run_info: dict) -> str:
         "(after one warm-up call); it varies between runs, every other metric is deterministic "
         "for greedy decoding.",
         "",
+        *_comparison_section(outcome),
         *_regression_section(outcome, run_info),
         *_worst_examples("", outcome.examples, outcome.runs, outcome.scores, _gated(outcome, main=True)),
     ]
@@ -117,6 +129,50 @@ def markdown(outcome: Outcome, run_info: dict) -> str:
         gated = _gated(outcome, main=False)
         lines += _worst_examples("regression ", regression.examples, regression.runs, regression.scores, gated)
     return "\n".join(lines) + "\n"
+
+
+def comparison(outcome: Outcome) -> tuple[list[str], dict[str, dict[str, float | None]]]:
+    """Every system's gated metrics (and the regression set's, as regression.<metric>):
+    (metric names, system -> metric -> value)."""
+    main = _gated(outcome, main=True)
+    regression = _gated(outcome, main=False) if outcome.regression else []
+    metrics = main + [REGRESSION_PREFIX + m for m in regression]
+    values = {}
+    for system in outcome.systems:
+        row = {m: outcome.scores[system.role].values.get(m) for m in main}
+        scored = outcome.regression.scores.get(system.role) if outcome.regression else None
+        row |= {REGRESSION_PREFIX + m: scored.values.get(m) if scored else None for m in regression}
+        values[system.role] = row
+    return metrics, values
+
+
+def comparison_table(outcome: Outcome) -> str:
+    """The side-by-side table (Markdown, readable in a terminal): one row per system."""
+    metrics, values = comparison(outcome)
+    lines = ["| system | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for system, row in values.items():
+        lines.append(f"| {system} | " + " | ".join(fmt(row[m]) for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def _comparison_section(outcome: Outcome) -> list[str]:
+    if not outcome.variants:
+        return []
+    return [
+        "## Side by side",
+        "",
+        "The candidate, its baselines and the variants on the same examples with the same decoding "
+        "(a variant with a knowledge base retrieves its `{context}` per example, as a grounded deployment does).",
+        "",
+        comparison_table(outcome),
+        "",
+        f"![comparison]({COMPARISON_CHART})",
+        "",
+    ]
+
+
+def _knowledge_name(contender) -> str | None:
+    return contender.knowledge["name"] if contender.knowledge else None
 
 
 def _regression_section(outcome: Outcome, run_info: dict) -> list[str]:

@@ -51,6 +51,7 @@ class Suite:
     name: str  # main | regression
     examples: list[dict]
     roles: list[str]
+    losses: bool = True  # score the expected answers too (only eval_loss and perplexity need it)
 
 
 def run_on_cluster(
@@ -61,22 +62,26 @@ def run_on_cluster(
     generation: Generation,
     repeats: int,
     gpus: float,
+    cpus: int,
     run_name: str,
 ) -> dict[str, dict[str, list[ModelRun]]]:
     """suite -> role -> one ModelRun per repeat. Raises EvaluationError when the task fails."""
     import ray
 
-    from ..raycluster import connect
+    from ..raycluster import check_fits, connect
 
     connect(project)
-    questions = {s.name: {"roles": s.roles, "examples": [_question(e) for e in s.examples]} for s in suites}
+    check_fits({"CPU": cpus, "GPU": gpus}, "the evaluation task", project.ray_address() is None,
+               "Lower the Evaluation's cpus")
+    questions = {s.name: {"roles": s.roles, "losses": s.losses, "examples": [_question(e) for e in s.examples]}
+                 for s in suites}
     expected = {s.name: [e["output"] for e in s.examples] for s in suites}
     task = ray.remote(score_contenders).options(
-        name=f"evaluate-{run_name}", num_cpus=1, num_gpus=gpus, max_retries=0
+        name=f"evaluate-{run_name}", num_cpus=cpus, num_gpus=gpus, max_retries=0
     )
     jobs = [asdict(c) for c in contenders]
     try:
-        pending = task.remote(jobs, questions, expected, generation.model_dump(), repeats, gpus > 0, str(store_root))
+        pending = task.remote(jobs, questions, expected, generation.model_dump(), repeats, gpus > 0, str(store_root), cpus)
         raw = ray.get(pending)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
@@ -107,23 +112,57 @@ def score_contenders(
     repeats: int,
     use_gpu: bool,
     store_root: str,
+    cpus: int = 1,
 ) -> dict[str, dict[str, list[dict]]]:
     """suite -> role -> one raw run per repeat; `questions` is suite -> {roles, examples}."""
+    import torch
+
+    # Ray's OMP_NUM_THREADS reaches only a fresh worker, and a reused one keeps the torch threads it
+    # started with: one thread on a 2-CPU task made generation 1.65x slower (SmolLM2, batch 16).
+    torch.set_num_threads(cpus)
     device = "cuda" if use_gpu else "cpu"
     results: dict[str, dict[str, list[dict]]] = {suite: {} for suite in questions}
     for job in jobs:
         contender = Contender(**job)
         model = _load(contender, device, Path(store_root))
+        retriever = _retriever(contender)
         for suite, asked in questions.items():
             if contender.role in asked["roles"]:
-                prompts = [render(contender.template, example, model.chat) for example in asked["examples"]]
-                results[suite][contender.role] = _runs(model, prompts, expected[suite], generation, repeats)
+                examples, sources = _grounded(asked["examples"], retriever, contender.knowledge)
+                prompts = [render(contender.template, example, model.chat) for example in examples]
+                runs = _runs(model, prompts, expected[suite], generation, repeats, asked["losses"])
+                results[suite][contender.role] = [{**run, "sources": sources} for run in runs]
         del model  # one model in memory at a time
     return results
 
 
-def _runs(model, prompts: list[str], expected: list[str], generation: dict, repeats: int) -> list[dict]:
-    losses = _losses(model, prompts, expected, generation["batch_size"])
+def _retriever(contender: Contender):
+    if contender.knowledge is None:
+        return None
+    from ..knowledge.index import Index
+    from ..state.stores import object_on_this_node
+
+    where = contender.knowledge
+    return Index.open(object_on_this_node(where.get("store_url"), where["fingerprint"], where["path"]))
+
+
+def _grounded(examples: list[dict], retriever, knowledge: dict | None) -> tuple[list[dict], list[list[str]] | None]:
+    """Each example with the chunks retrieved for its question as `context` (as a grounded
+    deployment's slot does per request), and the retrieved chunk ids per example."""
+    if retriever is None:
+        return examples, None
+    from ..knowledge.grounding import context_of
+
+    grounded, sources = [], []
+    for example in examples:
+        hits = retriever.search(example["instruction"], knowledge["top_k"], knowledge["mode"])
+        grounded.append({**example, "context": context_of(hits)})
+        sources.append([hit.id for hit in hits])
+    return grounded, sources
+
+
+def _runs(model, prompts: list[str], expected: list[str], generation: dict, repeats: int, losses: bool) -> list[dict]:
+    losses = _losses(model, prompts, expected, generation["batch_size"]) if losses else None
     return [
         {**_decode(model, prompts, generation, generation["seed"] + repeat), "losses": losses}
         for repeat in range(repeats)
@@ -134,9 +173,11 @@ def _load(contender: Contender, device: str, store_root: Path):
     from ..models import load_base, load_trained
     from ..state.stores import object_on_this_node
 
-    if contender.model_dir is not None:
-        return load_trained(object_on_this_node(contender.store_url, contender.label, contender.model_dir), device=device)
-    return load_base(contender.base_ref, store_root, device=device, template=contender.template)
+    if contender.model_dir is None:
+        return load_base(contender.base_ref, store_root, device=device, template=contender.template)
+    model = load_trained(object_on_this_node(contender.store_url, contender.label, contender.model_dir), device=device)
+    model.use_template(contender.template)  # a variant may ask a tuned model with another Prompt
+    return model
 
 
 def _decode(model, prompts: list[str], generation: dict, seed: int) -> dict:

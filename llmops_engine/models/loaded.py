@@ -23,6 +23,9 @@ from .loading import resolve_base
 from .tokenizer import ensure_pad_token
 
 
+LOSS_BATCH = 8  # rows per scoring forward pass
+
+
 @dataclass(frozen=True)
 class Generation:
     text: str
@@ -81,17 +84,24 @@ class LoadedModel:
         """"text" or "chat", the format of the prompt template; None without one."""
         return None if self.template is None else (self.template.get("format") or "text")
 
-    def render(self, instruction: str, input: str = "", history: list[dict[str, str]] | None = None) -> str:
+    def render(self, instruction: str, input: str = "", history: list[dict[str, str]] | None = None,
+               context: str = "") -> str:
         """The prompt exactly as the model was tuned on it (template.json of the artifact).
         `history` (a conversation's turns before its last user message, as given) is for chat
         prompts, which take them as training did (PromptSpec.render_example); a text prompt has
-        them flattened in `input`."""
+        them flattened in `input`. `context` fills {context} (a knowledge base's chunks)."""
         if self.template is None:
             raise ModelLoadError(f"model {self.version} has no prompt template; render prompts yourself")
         from ..specs.prompt import PromptSpec
 
-        example = {"instruction": instruction, "input": input, "history": history}
+        example = {"instruction": instruction, "input": input, "history": history, "context": context}
         return PromptSpec.from_saved(self.template).render_example(example, self.chat)
+
+    def use_template(self, template: dict) -> None:
+        """Ask this model with another saved Prompt than its own (a grounded deployment's prompt
+        with {context}, an evaluation variant's): rendered through the tokenizer's chat template."""
+        self.template = template
+        self.chat = self._checked_chat_template()
 
     def _checked_chat_template(self) -> ChatTemplate | None:
         if self.prompt_format != "chat":
@@ -163,19 +173,38 @@ class LoadedModel:
 
     # scoring -----------------------------------------------------------------------
     def loss(self, prompts: list[str], responses: list[str]) -> list[float]:
-        """Mean cross-entropy per example over the response tokens (+ their end token), prompt masked."""
+        """Mean cross-entropy per example over the response tokens (+ their end token), prompt masked.
+        Batched: rows are left-padded (positions from the attention mask) so every response ends at
+        the right edge, and logits are computed only there — a vocabulary-wide logit row per prompt
+        token would cost more memory than the model itself."""
         import torch
 
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses must have the same length")
-        losses = []
+        losses: list[float] = []
         with torch.inference_mode():
-            for prompt, response in zip(prompts, responses):
-                prompt_ids = self._encode(prompt)
-                response_ids = self._encode(response) + self._answer_end_ids()
-                ids = torch.tensor([prompt_ids + response_ids], device=self.device)
-                labels = torch.tensor([[-100] * len(prompt_ids) + response_ids], device=self.device)
-                losses.append(float(self.model(input_ids=ids, labels=labels).loss))
+            for start in range(0, len(prompts), LOSS_BATCH):
+                losses += self._batch_loss(prompts[start:start + LOSS_BATCH], responses[start:start + LOSS_BATCH])
+        return losses
+
+    def _batch_loss(self, prompts: list[str], responses: list[str]) -> list[float]:
+        import torch
+        import torch.nn.functional as F
+
+        pairs = [(self._encode(p), self._encode(r) + self._answer_end_ids()) for p, r in zip(prompts, responses)]
+        width = max(len(p) + len(r) for p, r in pairs)
+        keep = max(len(r) for _, r in pairs) + 1  # the logits that predict every row's response tokens
+        pad = [width - len(p) - len(r) for p, r in pairs]
+        ids = torch.tensor([[self.tokenizer.pad_token_id] * n + p + r for n, (p, r) in zip(pad, pairs)], device=self.device)
+        mask = torch.tensor([[0] * n + [1] * (width - n) for n in pad], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        losses = []
+        for row, (_, response) in enumerate(pairs):
+            # The logit at position t predicts token t + 1: the response's n tokens are predicted by
+            # the n kept positions before the last one.
+            predicted = logits[row, keep - 1 - len(response): keep - 1].float()
+            losses.append(float(F.cross_entropy(predicted, torch.tensor(response, device=self.device))))
         return losses
 
 

@@ -38,7 +38,8 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What a slot serves: a TuningJob artifact dir (`path`) or a base model ref (`base`)."""
+    """What a slot serves: a TuningJob artifact dir (`path`) or a base model ref (`base`), asked
+    with its own prompt or `prompt`, grounded in `knowledge` when given. `version` names the whole."""
 
     version: str
     fingerprint: str | None = None
@@ -46,6 +47,8 @@ class ModelRef:
     base: str | None = None
     store_root: str | None = None
     store_url: str | None = None  # where a replica without `path` on its node fetches it
+    prompt: dict[str, Any] | None = None  # a saved Prompt asked instead of the model's own (base models, RAG)
+    knowledge: dict[str, Any] | None = None  # a knowledge base's index (path, fingerprint, store_url, mode, top_k)
     # Test-only fault injection: share of live (ingress-routed) requests that fail.
     fault_error_rate: float = 0.0
 

@@ -129,25 +129,49 @@ def _rollback(project: Project, store: ArtifactStore, name: str, report: Callabl
     record = store.read_records().get(f"Deployment/{name}")
     if record is None:
         raise LLMOpsError(f"no Deployment named '{name}' has been applied in this project")
-    previous = record.outputs.get("previous_model_fingerprint")
+    previous = record.outputs.get("previous_served") or _legacy_previous(record.outputs)
     if not previous:
         raise DeploymentError(f"Deployment '{name}' has no previous model version to roll back to")
-    if not store.has(previous):
-        raise DeploymentError(f"the artifacts of previous model version {previous[:12]} are gone from the store")
-    target = ModelRef(version=previous[:12], fingerprint=previous, path=str(store.local_path(previous)),
-                      store_url=store.url)
+    target = _restorable(store, previous)
     spec = {**record.spec, "rollout": {**record.spec["rollout"], "strategy": "rolling"}}
     outcome, config, dashboard = deploy(project, name, spec, target, report)
     outputs = {
         **record.outputs,
-        "model_fingerprint": previous,
-        "model_version": previous[:12],
+        "model_fingerprint": target.fingerprint,
+        "model_version": target.version,
+        "served": previous,
+        "knowledge_base": (target.knowledge or {}).get("fingerprint"),
         "previous_model_fingerprint": record.outputs.get("model_fingerprint"),
         "previous_model_version": record.outputs.get("model_version"),
+        "previous_served": record.outputs.get("served"),
         "serve_config_digest": config_digest(config),
         "dashboard_url": dashboard.url,
         "rolled_back_at": time.time(),
     }
-    message = f"rolled back to model version {previous[:12]} by `llmops rollback`"
+    message = f"rolled back to model version {target.version} by `llmops rollback`"
     store.write_record(record.model_copy(update={"outputs": outputs, "message": message}))
     return outputs
+
+
+def _legacy_previous(outputs: dict[str, Any]) -> dict[str, Any] | None:
+    # Records written before `previous_served` existed: a tuned model asked its own way.
+    fingerprint = outputs.get("previous_model_fingerprint")
+    return {"version": fingerprint[:12], "fingerprint": fingerprint} if fingerprint else None
+
+
+def _restorable(store: ArtifactStore, served: dict[str, Any]) -> ModelRef:
+    """The ModelRef that served before, with its store objects (model, index) checked and
+    their paths as they are on this machine."""
+    fields = {**served, "store_url": store.url}
+    if not served.get("base"):
+        fields["path"] = _object_path(store, served["fingerprint"], served["version"])
+    if served.get("knowledge"):
+        index = served["knowledge"]
+        fields["knowledge"] = {**index, "path": _object_path(store, index["fingerprint"], served["version"])}
+    return ModelRef(**fields)
+
+
+def _object_path(store: ArtifactStore, fingerprint: str, version: str) -> str:
+    if not store.has(fingerprint):
+        raise DeploymentError(f"the artifacts of {fingerprint[:12]} (previous version {version}) are gone from the store")
+    return str(store.local_path(fingerprint))

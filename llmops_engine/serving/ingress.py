@@ -96,16 +96,19 @@ class Ingress:
                  "prompt_tokens": sum(g["prompt_tokens"] for g in gens),
                  "completion_tokens": sum(g["completion_tokens"] for g in gens),
                  "finish_reason": [g["finish_reason"] for g in gens]}
+        sources = result.get("sources")
+        if sources is not None:  # ids only: the documents' text never reaches the log
+            entry["sources"] = [s["id"] for s in sources]
         if self.config.get("log_payloads"):
             entry.update(request=body.decode(errors="replace"), completion=[g["text"] for g in gens])
         model, headers = parsed.model, {"x-request-id": rid, "x-model-version": version}
         if not parsed.stream:
-            answer = chat_response(rid, model, gens[0]) if endpoint == "chat" else completion_response(rid, model, gens)
+            answer = chat_response(rid, model, gens[0], sources) if endpoint == "chat" else completion_response(rid, model, gens)
             yield {"status": 200, "headers": headers, "body": answer, "entry": entry}
             return
         yield {"status": 200, "headers": headers, "stream": True, "entry": entry}
         if endpoint == "chat":
-            events = chat_stream(rid, model, gens[0], parsed.include_usage(), _pieces(gens[0]["text"]))
+            events = chat_stream(rid, model, gens[0], parsed.include_usage(), _pieces(gens[0]["text"]), sources)
         else:
             events = completion_stream(rid, model, gens, parsed.include_usage(), [_pieces(g["text"]) for g in gens])
         for event in events:

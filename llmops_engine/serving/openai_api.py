@@ -162,12 +162,14 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_response(rid: str, model: str, gen: dict[str, Any]) -> dict[str, Any]:
+def chat_response(rid: str, model: str, gen: dict[str, Any], sources: list[dict] | None = None) -> dict[str, Any]:
+    """A chat completion; a grounded deployment's adds `sources` (top level: SDKs keep unknown fields)."""
     return {
         "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": gen["text"]},
                      "finish_reason": gen["finish_reason"], "logprobs": None}],
         "usage": usage(gen["prompt_tokens"], gen["completion_tokens"]),
+        **({"sources": sources} if sources is not None else {}),
     }
 
 
@@ -184,14 +186,18 @@ def sse(data: dict[str, Any] | Literal["[DONE]"]) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def chat_stream(rid: str, model: str, gen: dict[str, Any], include_usage: bool, pieces: list[str]) -> list[str]:
-    """SSE events of a chat completion: role, content pieces, finish, [usage], [DONE]."""
+def chat_stream(rid: str, model: str, gen: dict[str, Any], include_usage: bool, pieces: list[str],
+                sources: list[dict] | None = None) -> list[str]:
+    """SSE events of a chat completion: role, content pieces, finish (with a grounded deployment's
+    `sources`), [usage], [DONE]."""
     head = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
         body = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
         if include_usage:
             body["usage"] = None
+        if finish is not None and sources is not None:
+            body["sources"] = sources
         return sse(body)
 
     events = [chunk({"role": "assistant", "content": ""})]

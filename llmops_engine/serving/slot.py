@@ -31,18 +31,33 @@ def load_model(ref: ModelRef):
     from llmops_engine.models import load_base, load_trained
     from llmops_engine.state.stores import object_on_this_node
 
-    if ref.path:
-        return load_trained(object_on_this_node(ref.store_url, ref.fingerprint, ref.path))
-    return load_base(ref.base, Path(ref.store_root or "."))
+    if not ref.path:
+        return load_base(ref.base, Path(ref.store_root or "."), template=ref.prompt)
+    model = load_trained(object_on_this_node(ref.store_url, ref.fingerprint, ref.path))
+    if ref.prompt:
+        model.use_template(ref.prompt)
+    return model
 
 
-def render_chat(model, instruction: str, context: str, history: list[dict[str, str]] | None = None) -> str:
-    if model.prompt_format == "chat":  # earlier turns go through the chat template as turns, not as context
-        return model.render(instruction, "", history or [])
+def load_retriever(ref: ModelRef):
+    """The knowledge base index a grounded version retrieves from, or None."""
+    if not ref.knowledge:
+        return None
+    from llmops_engine.knowledge.index import Index
+    from llmops_engine.state.stores import object_on_this_node
+
+    where = ref.knowledge
+    return Index.open(object_on_this_node(where.get("store_url"), where["fingerprint"], where["path"]))
+
+
+def render_chat(model, instruction: str, input: str, history: list[dict[str, str]] | None = None,
+                context: str = "") -> str:
+    if model.prompt_format == "chat":  # earlier turns go through the chat template as turns, not as input
+        return model.render(instruction, "", history or [], context)
     if model.template:
-        return model.render(instruction, context)
+        return model.render(instruction, input, context=context)
     # A base model has no template: a plain transcript is the best it can get.
-    return (f"{context}\n" if context else "") + f"user: {instruction}\nassistant:"
+    return "".join(f"{part}\n" for part in (context, input) if part) + f"user: {instruction}\nassistant:"
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -57,6 +72,7 @@ class ModelSlot:
     def __init__(self) -> None:
         self.ref: ModelRef | None = None
         self.model = None
+        self.retriever = None
         self.load_error: dict[str, str] | None = None
         self.max_prompt_tokens = 1024
         self.batches = self.batched_requests = 0  # how full batches get (bench, tuning)
@@ -71,11 +87,12 @@ class ModelSlot:
         if _same_weights(ref, self.ref):
             self.ref = ref
             return
-        self.model, self.ref, self.load_error = None, None, None
+        self.model, self.retriever, self.ref, self.load_error = None, None, None, None
         gc.collect()  # free the old weights before loading the new ones
         if ref is None:
             return
         try:
+            self.retriever = load_retriever(ref)
             self.model = load_model(ref)
         except Exception as exc:  # noqa: BLE001 - stay up and empty; the engine reads the error
             # Raising here would make Serve restart the replica again and again; an empty
@@ -100,8 +117,9 @@ class ModelSlot:
         model, version = self.model, self.ref.version
         if request.get("live") and self.ref.fault_error_rate and random.random() < self.ref.fault_error_rate:
             raise RuntimeError(f"injected fault in model version {version}")
+        items, sources = await self._grounded(request["items"])
         try:
-            prompts = [self._prompt(model, item) for item in request["items"]]
+            prompts = [self._prompt(model, item) for item in items]
         except ChatTemplateError as exc:  # the client's messages, not the replica, are at fault
             error = {"status": 400, "code": "invalid_messages", "param": "messages", "message": str(exc)[:500]}
             return {"error": error, "version": version}
@@ -115,7 +133,26 @@ class ModelSlot:
             # Raised, not returned: a version whose generation fails must count against it in
             # canary analysis (and the ingress retries the request on the primary slot).
             raise RuntimeError(f"generation failed in model version {version}: {failures[0]}")
-        return {"gens": gens, "version": version}
+        return {"gens": gens, "version": version, **({"sources": sources} if self.retriever else {})}
+
+    async def _grounded(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Chat items with the chunks retrieved for their question as `context`, and those chunks'
+        sources. Raw completion prompts are the client's own text: nothing is added to them."""
+        retriever, settings = self.retriever, (self.ref.knowledge if self.ref else None) or {}
+        if retriever is None:
+            return items, []
+        from llmops_engine.knowledge.grounding import context_of, sources_of
+
+        grounded, sources = [], []
+        for item in items:
+            if "instruction" not in item:
+                grounded.append(item)
+                continue
+            # Off the event loop: other requests keep being batched while this one retrieves.
+            hits = await asyncio.to_thread(retriever.search, item["instruction"], settings["top_k"], settings["mode"])
+            grounded.append({**item, "context": context_of(hits)})
+            sources += sources_of(hits)
+        return grounded, sources
 
     def _rejection(self, request: dict[str, Any], lengths: list[int]) -> dict[str, Any] | None:
         """Why this request's prompts must not be queued, as a 400 error; None if they may.
@@ -174,7 +211,7 @@ class ModelSlot:
     def _prompt(model, item: dict[str, Any]) -> str:
         if "prompt" in item:
             return item["prompt"]
-        return render_chat(model, item["instruction"], item.get("input", ""), item.get("history"))
+        return render_chat(model, item["instruction"], item.get("input", ""), item.get("history"), item.get("context", ""))
 
     @staticmethod
     def _finish(model, out, stops: list[str]) -> dict[str, Any]:
@@ -187,7 +224,7 @@ class ModelSlot:
 
 
 def _same_weights(a: ModelRef | None, b: ModelRef | None) -> bool:
-    strip = lambda r: None if r is None else (r.version, r.path, r.base, r.store_root)  # noqa: E731
+    strip = lambda r: None if r is None else (r.version, r.path, r.base, r.store_root, r.knowledge)  # noqa: E731
     return strip(a) == strip(b)
 
 

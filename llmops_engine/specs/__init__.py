@@ -6,9 +6,10 @@ from .base import API_VERSION, Metadata, Reference
 from .dataset import DatasetSpec
 from .deployment import DeploymentSpec
 from .evaluation import EvaluationSpec
+from .knowledge_base import KnowledgeBaseSpec
 from .prompt import PromptSpec
 from .tuning import TuningJobSpec
 
-KINDS = {cls.kind: cls for cls in (DatasetSpec, PromptSpec, TuningJobSpec, EvaluationSpec, DeploymentSpec)}
+KINDS = {cls.kind: cls for cls in (DatasetSpec, PromptSpec, KnowledgeBaseSpec, TuningJobSpec, EvaluationSpec, DeploymentSpec)}
 
 __all__ = ["API_VERSION", "KINDS", "Metadata", "Reference"]

@@ -20,6 +20,7 @@ def check_resources(root: Path, resources: list[Resource]) -> list[SpecIssue]:
     _paths(root, resources, issues)
     _prompt_identity(by_key, issues)
     _chat_prompts(by_key, issues)
+    _context_prompts(by_key, issues)
     _tuning_data(by_key, issues)
     _route_prefixes(by_key, issues)
     if not issues:
@@ -138,6 +139,45 @@ def _chat_prompts(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
                    "through; use a Prompt with format: text, or a base model with a chat template "
                    "(e.g. builtin:smollm2-135m-instruct)")
         issues.append(_issue(resource, ("spec", "prompt"), message))
+
+
+def _context_prompts(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
+    """A Prompt with {context} takes a knowledge base's chunks, and a knowledge base needs a Prompt
+    with {context} to put them in: each side without the other is reported where it is named."""
+    for resource in by_key.values():
+        for path, prompt_name, knowledge_base in _prompt_uses(resource, by_key):
+            prompt = by_key.get(key_of("Prompt", prompt_name or ""))
+            if prompt is None or prompt.spec.uses_context() == (knowledge_base is not None):
+                continue
+            if knowledge_base is None:
+                message = (f"Prompt '{prompt.name}' uses {{context}}, which only a knowledge base fills; "
+                           "add knowledge_base: here, or use a Prompt without {context}")
+            else:
+                message = (f"Prompt '{prompt.name}' has no {{context}} placeholder, so the chunks KnowledgeBase "
+                           f"'{knowledge_base}' retrieves would go nowhere; use a Prompt with {{context}}")
+            issues.append(_issue(resource, path, message))
+
+
+def _prompt_uses(resource: Resource, by_key: dict[str, Resource]) -> list[tuple[tuple, str | None, str | None]]:
+    """(field path, prompt name, knowledge base name) for each place a resource renders a Prompt."""
+    spec = resource.spec
+    if resource.kind == "Deployment":
+        return [(("spec", "prompt"), spec.prompt, spec.knowledge_base)]
+    if resource.kind == "TuningJob":
+        return [(("spec", "prompt"), spec.prompt, None)]
+    if resource.kind == "Evaluation":
+        uses = [(("spec", "prompt"), spec.prompt, None)]
+        for index, variant in enumerate(spec.variants):
+            field = ("spec", "variants", index, "prompt" if variant.prompt else "knowledge_base")
+            own = variant.prompt or _tuning_prompt(variant.tuning_job(), by_key)
+            uses.append((field, own or spec.prompt or _tuning_prompt(spec.model, by_key), variant.knowledge_base))
+        return uses
+    return []
+
+
+def _tuning_prompt(job_name: str | None, by_key: dict[str, Resource]) -> str | None:
+    job = by_key.get(key_of("TuningJob", job_name or ""))
+    return job.spec.prompt if job else None
 
 
 def _tuning_data(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:

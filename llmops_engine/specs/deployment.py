@@ -6,7 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from .base import EnvVarName, FieldError, KindSpec, Reference, StrictModel, reference
+from .base import EnvVarName, FieldError, KindSpec, PathInput, Reference, StrictModel, reference
+from .tuning import MODEL_REF, is_model_ref
 
 
 class Replicas(StrictModel):
@@ -78,9 +79,14 @@ class Batching(StrictModel):
 class DeploymentSpec(KindSpec):
     kind: ClassVar[str] = "Deployment"
 
-    model: str = Field(description="The TuningJob whose gated output is served.")
+    model: str = Field(description="A TuningJob (its gated output), or a base model ref served as it is "
+                                   "(builtin:…, hf:org/name, gguf:file.gguf, path:dir; with gate: null).")
     prompt: str
     gate: str | None = Field(description="Evaluation that must pass; write `gate: null` to deploy ungated.")
+    knowledge_base: str | None = Field(
+        default=None, description="Ground answers in this KnowledgeBase: each chat request retrieves chunks for "
+                                  "the Prompt's {context}, and the response lists their sources.",
+    )
     allow_prompt_mismatch: bool = False
     replicas: Replicas = Field(default_factory=Replicas)
     rollout: Rollout = Field(default_factory=Rollout)
@@ -94,12 +100,30 @@ class DeploymentSpec(KindSpec):
     )
     log_payloads: bool = False
 
+    @model_validator(mode="after")
+    def _base_model_ungated(self) -> "DeploymentSpec":
+        if self.serves_base_model() and self.gate is not None:
+            message = (f"'{self.model}' is a base model, which no Evaluation gates (gates judge TuningJobs); "
+                       "write gate: null, or serve a TuningJob")
+            raise FieldError(("gate", message))
+        if ":" in self.model and not self.serves_base_model():
+            raise FieldError(("model", f"'{self.model}' is neither a TuningJob name nor a model ref ({MODEL_REF})"))
+        return self
+
+    def serves_base_model(self) -> bool:
+        return is_model_ref(self.model)
+
     def secret_env(self) -> list[str]:
         return [self.auth.api_keys_env] if isinstance(self.auth, Auth) else []
 
+    def path_inputs(self) -> list[PathInput]:
+        kind, _, path = self.model.partition(":")
+        return [PathInput(path, ("model",), must_exist=kind == "gguf")] if kind in ("path", "gguf") else []
+
     def references(self) -> list[Reference]:
         return (
-            reference("spec.model", "TuningJob", self.model)
+            reference("spec.model", "TuningJob", None if self.serves_base_model() else self.model)
             + reference("spec.prompt", "Prompt", self.prompt)
             + reference("spec.gate", "Evaluation", self.gate)
+            + reference("spec.knowledge_base", "KnowledgeBase", self.knowledge_base)
         )

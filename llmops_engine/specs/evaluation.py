@@ -8,7 +8,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from .base import FieldError, KindSpec, Reference, StrictModel, reference
 from .regexes import regex_problem
-from .tuning import MODEL_REF
+from .tuning import MODEL_REF, is_model_ref
 
 METRICS = (
     "exact_match",
@@ -25,6 +25,8 @@ METRICS = (
 )
 Metric = Literal[METRICS]  # type: ignore[valid-type]
 Baseline = Literal["base", "champion"]
+ROLES = ("candidate", "base", "champion")
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$"
 
 
 class Threshold(StrictModel):
@@ -37,8 +39,9 @@ class Threshold(StrictModel):
     min_ratio_vs_baseline: float | None = Field(
         default=None, description="At least this many times as good as the baseline (1.0 = no worse)."
     )
-    baseline: Baseline | None = Field(
-        default=None, description="Which baseline a relative bound uses (default: every one in compare_to)."
+    baseline: str | None = Field(
+        default=None, description="Which baseline a relative bound uses: base, champion or a variant's name "
+                                  "(default: every one in compare_to).",
     )
 
     @model_validator(mode="after")
@@ -98,6 +101,27 @@ class Regression(StrictModel):
         return list(dict.fromkeys([t.metric for t in self.thresholds] + list(self.metrics)))
 
 
+class Variant(StrictModel):
+    """Another system scored on the same examples and reported beside the candidate: the same
+    or another model, another prompt, a knowledge base ("is fine-tuning worth it here?")."""
+
+    name: str = Field(pattern=VARIANT_NAME, description="Its column in the report, e.g. base+rag.")
+    model: str = Field(description="base (the candidate's base model), a TuningJob, or a model ref (builtin:…, hf:…).")
+    prompt: str | None = Field(default=None, description="Default: the candidate's prompt (a TuningJob's: its own).")
+    knowledge_base: str | None = Field(default=None, description="Retrieve chunks for the prompt's {context}.")
+
+    @model_validator(mode="after")
+    def _known_model(self) -> "Variant":
+        if self.name in ROLES:
+            raise FieldError(("name", f"'{self.name}' is taken by the evaluation itself; name the variant e.g. '{self.name}+rag'"))
+        if ":" in self.model and not is_model_ref(self.model):
+            raise FieldError(("model", f"'{self.model}' is not base, a TuningJob name or a model ref"))
+        return self
+
+    def tuning_job(self) -> str | None:
+        return None if self.model == "base" or is_model_ref(self.model) else self.model
+
+
 class EvaluationSpec(KindSpec):
     kind: ClassVar[str] = "Evaluation"
 
@@ -116,7 +140,11 @@ class EvaluationSpec(KindSpec):
         default=None,
         description="A second dataset scored for the candidate and the base; its thresholds join the gate.",
     )
+    variants: list[Variant] = Field(
+        default_factory=list, description="More systems scored on the same examples (and regression set), side by side."
+    )
     gpus: float = Field(default=0, ge=0)
+    cpus: int = Field(default=2, ge=1, le=64, description="CPUs of the evaluation task, and its torch threads.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvaluationSpec":
@@ -129,8 +157,15 @@ class EvaluationSpec(KindSpec):
             if self.prompt is None:
                 raise FieldError(("prompt", "an Evaluation of a base: model needs 'prompt' (tuned models bring their own)"))
         baselines = set(self.baselines())
+        variants = [v.name for v in self.variants]
+        duplicate = next((i for i, name in enumerate(variants) if name in variants[:i]), None)
+        if duplicate is not None:
+            raise FieldError((f"variants.{duplicate}.name", f"variant name '{variants[duplicate]}' is used twice"))
         for index, t in enumerate(self.thresholds):
-            if t.is_relative():
+            if t.baseline is not None and t.baseline not in {"base", "champion", *variants}:
+                message = f"baseline '{t.baseline}' is not base, champion or a variant ({', '.join(variants) or 'none'})"
+                raise FieldError((f"thresholds.{index}.baseline", message))
+            if t.is_relative() and t.baseline not in variants:
                 wanted = t.baseline or (sorted(baselines)[0] if baselines else None)
                 if wanted is None or wanted not in baselines:
                     message = f"threshold on {t.metric} is relative but compare_to has no '{wanted or 'baseline'}'"
@@ -149,7 +184,7 @@ class EvaluationSpec(KindSpec):
         return list(dict.fromkeys(names))
 
     def resource_summary(self) -> str | None:
-        return f"{self.gpus:g} GPU" if self.gpus else None
+        return f"{self.gpus:g} GPU" if self.gpus else f"{self.cpus} CPU"
 
     def references(self) -> list[Reference]:
         model = None if self.model.startswith("base:") else self.model
@@ -158,4 +193,8 @@ class EvaluationSpec(KindSpec):
             + reference("spec.dataset", "Dataset", self.dataset)
             + reference("spec.prompt", "Prompt", self.prompt)
             + reference("spec.regression.dataset", "Dataset", self.regression.dataset if self.regression else None)
+            + [ref for i, v in enumerate(self.variants) for ref in (
+                reference(f"spec.variants.{i}.model", "TuningJob", v.tuning_job())
+                + reference(f"spec.variants.{i}.prompt", "Prompt", v.prompt)
+                + reference(f"spec.variants.{i}.knowledge_base", "KnowledgeBase", v.knowledge_base))]
         )

@@ -1,10 +1,10 @@
 """Prompt: how an example becomes model input. Shared by training, evaluation and serving.
 
-A template is literal text with plain `{instruction}` / `{input}` placeholders and `{{` /
+A template is literal text with plain `{instruction}` / `{input}` / `{context}` placeholders and `{{` /
 `}}` for literal braces — nothing else of Python's format language. Rendering substitutes
 the parsed placeholders itself instead of calling `str.format`, so a request's text can never
 act as a format spec, a conversion or an attribute lookup; for every template the validator
-accepts, the output is byte-for-byte what `template.format(instruction=..., input=...)` gives,
+accepts, the output is byte-for-byte what `template.format(instruction=..., input=..., context=...)` gives,
 which keeps the prompt hash that ties serving to training meaningful.
 
 `format: chat` makes the template the user turn of a conversation (after `system`), rendered
@@ -12,6 +12,9 @@ through the base model's own chat template (models/chat.py), which callers pass 
 imports no tokenizer. Its hash then also covers that chat template's text, so a tuned model
 served through another template is caught. `format: text` (the default) renders and hashes
 exactly as before chat prompts existed, and leaves the spec's fingerprint as it was.
+
+`{context}` is filled with the chunks a knowledge base retrieved for the question (RAG); a Prompt
+that uses it is served or evaluated with a `knowledge_base:` (checks.py holds the pairing).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pydantic import Field, field_validator
 from ..errors import ChatTemplateError
 from .base import KindSpec
 
-FIELDS = ("instruction", "input")
+FIELDS = ("instruction", "input", "context")
 # Base models known from their reference alone to have no chat template: validate reports a chat
 # Prompt on them before anything runs (any other model is checked when its tokenizer is loaded).
 REFS_WITHOUT_CHAT_TEMPLATE = ("builtin:tiny-llama",)
@@ -64,7 +67,7 @@ def parse_template(template: str) -> tuple[str | Placeholder, ...]:
             literal.append(text[0])
         elif text == "{":
             raise ValueError(f"'{{' at character {token.start() + 1} does not start a plain placeholder "
-                             "({instruction} or {input}); write a literal brace as '{{'")
+                             "({instruction}, {input} or {context}); write a literal brace as '{{'")
         elif text == "}":
             raise ValueError(f"single '}}' at character {token.start() + 1}; write a literal brace as '}}}}'")
         else:
@@ -82,8 +85,8 @@ def _field_name(placeholder: str) -> str:
     shown = placeholder if len(placeholder) <= _SHOWN_CHARS else placeholder[:_SHOWN_CHARS] + "…"
     for mark, what in ((":", "a format spec"), ("!", "a conversion"), (".", "attribute access"), ("[", "index access")):
         if mark in name:
-            raise ValueError(f"placeholder {shown} uses {what}; templates allow only plain {{instruction}} and {{input}}")
-    raise ValueError(f"unknown placeholder {shown}; use {{instruction}} and {{input}}")
+            raise ValueError(f"placeholder {shown} uses {what}; templates allow only plain {{instruction}}, {{input}} and {{context}}")
+    raise ValueError(f"unknown placeholder {shown}; use {{instruction}}, {{input}} and {{context}}")
 
 
 @lru_cache(maxsize=16)
@@ -115,7 +118,8 @@ class PromptSpec(KindSpec):
         description="text: `system` and the template are the whole prompt. chat: `system` and the template "
                     "(the user turn) render through the base model's own chat template.",
     )
-    template: str = Field(description="Text before the response (chat: the user turn); placeholders {instruction} and {input}.")
+    template: str = Field(description="Text before the response (chat: the user turn); placeholders {instruction}, {input} "
+                                      "and, with a knowledge base, {context}.")
     template_no_input: str | None = Field(
         default=None, description="Used for rows whose input is empty; defaults to `template`."
     )
@@ -131,33 +135,42 @@ class PromptSpec(KindSpec):
             raise ValueError("template must contain {instruction}")
         return value
 
-    def render(self, instruction: str, input: str = "", chat: ChatRenderer | None = None) -> str:
-        """The prompt for one example; a chat prompt needs the model's chat template."""
+    def render(self, instruction: str, input: str = "", chat: ChatRenderer | None = None, context: str = "") -> str:
+        """The prompt for one example; a chat prompt needs the model's chat template. `context`
+        fills {context}: the chunks a knowledge base retrieved for the question."""
         if self.format == "chat":
-            return self.render_turns([], instruction, input, chat)
-        text = self.user_turn(instruction, input)
+            return self.render_turns([], instruction, input, chat, context)
+        text = self.user_turn(instruction, input, context)
         return f"{self.system}\n{text}" if self.system else text
 
     def render_example(self, example: dict, chat: ChatRenderer | None = None) -> str:
         """The prompt for an example row (data/examples.py), as training, evaluation and serving
-        all render it: a chat prompt takes a conversation's earlier turns as turns (`history`)."""
-        history = example.get("history")
+        all render it: a chat prompt takes a conversation's earlier turns as turns (`history`);
+        `context` is what a knowledge base retrieved for it, if any."""
+        history, retrieved = example.get("history"), example.get("context") or ""
         if self.format != "chat" or history is None:
-            return self.render(example["instruction"], example.get("input") or "", chat)
-        context, turns = split_history(history)
-        return self.render_turns(turns, example["instruction"], context, chat)
+            return self.render(example["instruction"], example.get("input") or "", chat, retrieved)
+        system_text, turns = split_history(history)
+        return self.render_turns(turns, example["instruction"], system_text, chat, retrieved)
 
     def render_turns(self, history: list[dict[str, str]], instruction: str, input: str,
-                     chat: ChatRenderer | None) -> str:
+                     chat: ChatRenderer | None, context: str = "") -> str:
         """A chat prompt: the system message, earlier turns as given, then the user turn."""
         if chat is None:
             raise ChatTemplateError("a Prompt with format: chat renders through a model's chat template, and none was given")
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return chat.render(system + list(history) + [{"role": "user", "content": self.user_turn(instruction, input)}])
+        user = {"role": "user", "content": self.user_turn(instruction, input, context)}
+        return chat.render(system + list(history) + [user])
 
-    def user_turn(self, instruction: str, input: str = "") -> str:
+    def user_turn(self, instruction: str, input: str = "", context: str = "") -> str:
         chosen = self.template_no_input if (not input and self.template_no_input) else self.template
-        return render_template(chosen, {"instruction": instruction, "input": input})
+        return render_template(chosen, {"instruction": instruction, "input": input, "context": context})
+
+    def uses_context(self) -> bool:
+        """Whether the template takes retrieved chunks ({context}): it needs a knowledge base."""
+        return any(part == "context" and isinstance(part, Placeholder)
+                   for template in (self.template, self.template_no_input) if template
+                   for part in _parsed(template))
 
     def saved(self, chat: ChatRenderer | None = None) -> dict:
         """The form saved with artifacts (template.json): what serving and evaluation render with.

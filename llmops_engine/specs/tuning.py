@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
@@ -10,6 +11,11 @@ from .base import FieldError, KindSpec, PathInput, Reference, StrictModel, refer
 
 MODEL_REF = r"^(builtin:[a-z0-9-]+|hf:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|gguf:.+\.gguf|path:.+)$"
 BUILTIN_MODELS = ("tiny-llama", "smollm2-135m-instruct")  # models/builtin.py BUILTIN_NAMES
+
+
+def is_model_ref(value: str) -> bool:
+    """Whether a `model:` value names a base model (builtin:, hf:, gguf:, path:) rather than a resource."""
+    return re.match(MODEL_REF, value) is not None
 
 
 class Quantization(StrictModel):

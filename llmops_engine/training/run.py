@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import PlanError, TrainingError
+from ..errors import TrainingError
 from .checkpoint import STATE_FILE
 
 
@@ -32,20 +32,12 @@ def run_name(fingerprint: str, max_steps_cap: int | None = None) -> str:
     return f"tune-{fingerprint[:16]}" + (f"-cap{max_steps_cap}" if max_steps_cap else "")
 
 
-def check_resources(workers: int, gpus_per_worker: float, cpus_per_worker: float) -> None:
-    """Fail fast when the cluster can never fit the job (Ray would wait forever)."""
-    import ray
+def check_resources(workers: int, gpus_per_worker: float, cpus_per_worker: float, local: bool = False) -> None:
+    """Fail fast when the cluster cannot fit the job (Ray would wait forever)."""
+    from ..raycluster import check_fits
 
-    available = ray.cluster_resources()
-    needs = {"GPU": workers * gpus_per_worker, "CPU": workers * cpus_per_worker}
-    for name, needed in needs.items():
-        have = available.get(name, 0)
-        if needed > have:
-            raise PlanError(
-                f"resources: the job needs {needed:g} {name} ({workers} workers x "
-                f"{needed / workers:g}) but the Ray cluster has {have:g}. Lower spec.resources "
-                "or run on a larger cluster (RAY_ADDRESS)."
-            )
+    check_fits({"GPU": workers * gpus_per_worker, "CPU": workers * cpus_per_worker},
+               "the job", local, f"Lower spec.resources ({workers} workers × {cpus_per_worker:g} CPU, {gpus_per_worker:g} GPU)")
 
 
 def run_training(config: dict, *, name: str, storage: tuple[str, Any], resources: dict, work_dir: Path,
@@ -58,7 +50,7 @@ def run_training(config: dict, *, name: str, storage: tuple[str, Any], resources
     from .loop import train_loop_per_worker
 
     use_gpu = resources["gpus_per_worker"] > 0
-    check_resources(**resources)
+    check_resources(**resources)  # the cluster's size only: the controller checked what is free
     per_worker = {"CPU": resources["cpus_per_worker"]}
     if use_gpu:
         per_worker["GPU"] = resources["gpus_per_worker"]

@@ -24,7 +24,7 @@ def ray_project(tmp_path_factory, s3_server):
     root = tmp_path_factory.mktemp("ray-project")
     # Where nodes cache objects fetched from an object store: not the developer's ~/.cache.
     os.environ["LLMOPS_CACHE_DIR"] = str(tmp_path_factory.mktemp("node-cache"))
-    project = Project(root, ProjectSettings(ray={"num_cpus": os.cpu_count() or 2}))
+    project = Project(root, ProjectSettings())  # the local head's default logical CPUs, as users get them
     try:
         raycluster.connect(project)
         yield project
