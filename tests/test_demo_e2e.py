@@ -1,6 +1,7 @@
 """The README's main command, end to end, on a fresh copy of the repository's demo:
 DVC data → GX validation → LoRA on SmolLM2-135M-Instruct in Ray Train → evaluation gate with
-a regression set → Ray Serve → real HTTP.
+a regression set and RAG variants → Ray Serve → real HTTP; and the help center's knowledge base
+→ retrieval gate → a grounded base-model deployment.
 
 Same code path and specs as `./scripts/demo.sh`, uncapped: the shipped gate must pass on
 what the shipped tuning job really achieves. Timings are printed, not asserted.
@@ -79,6 +80,12 @@ def test_demo_apply_end_to_end(tmp_path):
             model="support-api", max_tokens=32, messages=[{"role": "user", "content": "What is the capital of France?"}])
         assert "Paris" in general.choices[0].message.content  # kept through tuning (the regression gate)
         assert general.usage.prompt_tokens > 20 and general.usage.completion_tokens > 1  # the real tokenizer's counts
+        # The second deployment: the untuned base model, grounded in the help center (no TuningJob, no gate).
+        grounded = client.chat.completions.create(
+            model="help-center", max_tokens=48,
+            messages=[{"role": "user", "content": "How much storage does the Team plan include?"}])
+        assert grounded.model_extra["sources"][0]["source"] == "kb/storage-limits.md"
+        assert "1 TB" in grounded.choices[0].message.content
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong").models.list()
 

@@ -101,6 +101,16 @@ def test_regression_thresholds_compare_with_the_base_only():
         evaluation_spec([{**FORGET_AT_MOST_5_POINTS, "baseline": "champion"}])
 
 
+def test_a_regression_set_may_be_reported_without_gating_but_not_be_empty_handed():
+    reported = evaluation_spec([], metrics=["contains"])
+    outcome = assess(reported, [CANDIDATE], {}, MAIN_EXAMPLES, {"candidate": run_of(answers(4, MAIN_EXAMPLES))},
+                     GENERAL, {"candidate": run_of(answers(2, GENERAL)), "base": run_of(KNOWS)})
+    assert not any(c.metric.startswith("regression.") for c in outcome.verdict.checks)
+    assert outcome.regression.scores["candidate"].values["contains"] is not None
+    with pytest.raises(Exception, match="give thresholds to gate on the regression set, or metrics to report"):
+        evaluation_spec([])
+
+
 def test_report_files_label_the_regression_rows(tmp_path):
     spec = evaluation_spec([FORGET_AT_MOST_5_POINTS], metrics=["rouge_l"])
     outcome = assess(spec, [CANDIDATE], {}, MAIN_EXAMPLES, {"candidate": run_of(answers(4, MAIN_EXAMPLES))},

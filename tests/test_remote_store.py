@@ -369,6 +369,6 @@ def test_an_evaluation_on_a_second_machine_fetches_its_model_from_s3(ray_project
                           store_url=s3_store)
     suites = [Suite("main", ROWS[:2], ["candidate"])]
     runs = run_on_cluster(machine_b.project, machine_b.store.root, [elsewhere], suites,
-                          Generation(max_new_tokens=4), repeats=1, gpus=0, run_name="elsewhere")
+                          Generation(max_new_tokens=4), repeats=1, gpus=0, cpus=1, run_name="elsewhere")
     assert len(runs["main"]["candidate"][0].outputs) == 2
     assert any(node_cache_dir().rglob(f"objects/{model_fingerprint}/model/config.json"))

@@ -85,12 +85,15 @@ class Regression(StrictModel):
         description="A Dataset (usually eval-only: split: {eval_fraction: 1.0}); its eval split is used."
     )
     thresholds: list[Threshold] = Field(
-        min_length=1, description="Judged on the regression set; relative bounds compare with the base model."
+        default_factory=list, description="Judged on the regression set; relative bounds compare with the base model. "
+                                          "None: the set is scored and reported (`metrics`), not gated.",
     )
     metrics: list[Metric] = Field(default_factory=list, description="Extra metrics to report (not gated).")
 
     @model_validator(mode="after")
     def _against_base(self) -> "Regression":
+        if not self.thresholds and not self.metrics:
+            raise FieldError(("thresholds", "give thresholds to gate on the regression set, or metrics to report on it"))
         for index, t in enumerate(self.thresholds):
             if t.baseline not in (None, "base"):
                 message = f"regression thresholds compare with the base model, not '{t.baseline}'; drop 'baseline'"
