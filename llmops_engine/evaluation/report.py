@@ -132,10 +132,10 @@ def markdown(outcome: Outcome, run_info: dict) -> str:
 
 
 def comparison(outcome: Outcome) -> tuple[list[str], dict[str, dict[str, float | None]]]:
-    """Every system's gated metrics (and the regression set's, as regression.<metric>):
+    """Every system's metrics (and the regression set's, as regression.<metric>), gated or reported:
     (metric names, system -> metric -> value)."""
-    main = _gated(outcome, main=True)
-    regression = _gated(outcome, main=False) if outcome.regression else []
+    main = list(outcome.scores[outcome.candidate.role].values)
+    regression = list(outcome.regression.scores["candidate"].values) if outcome.regression else []
     metrics = main + [REGRESSION_PREFIX + m for m in regression]
     values = {}
     for system in outcome.systems:
@@ -186,8 +186,9 @@ def _regression_section(outcome: Outcome, run_info: dict) -> list[str]:
         f"## Regression set: {regression.dataset}",
         "",
         f"What tuning must not break: {len(regression.examples)} examples from {regression.dataset}'s eval split, "
-        f"answered by the candidate and the base (`{base_model}`) with the same prompt template and decoding. "
-        f"Its checks are the `{REGRESSION_PREFIX}*` rows of the gate.",
+        f"answered by the candidate and the base (`{base_model}`) with the same prompt template and decoding"
+        + (", and by each variant with its own" if outcome.variants else "")
+        + f". Its checks (if it has any) are the `{REGRESSION_PREFIX}*` rows of the gate.",
         "",
         _metrics_table(list(regression.scores), regression.scores),
         "",

@@ -161,7 +161,8 @@ def _jsonl_documents(path: Path, name: str, text_field: str, problems: Problems)
     return documents
 
 
-def _row_text(line: str, text_field: str) -> str:
+def json_object(line: str) -> dict:
+    """One JSONL line as an object, or a KnowledgeBaseError saying what is wrong with it."""
     try:
         row = json.loads(line)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -169,6 +170,11 @@ def _row_text(line: str, text_field: str) -> str:
         raise KnowledgeBaseError(f"not valid JSON ({reason}); each line must be one object") from exc
     if not isinstance(row, dict):
         raise KnowledgeBaseError(f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _row_text(line: str, text_field: str) -> str:
+    row = json_object(line)
     text = row.get(text_field)
     if not isinstance(text, str):
         raise KnowledgeBaseError(f"no string field '{text_field}' (fields: {', '.join(sorted(row)[:10]) or 'none'})")

@@ -10,14 +10,13 @@ on any of its rows (`kb/faq.jsonl#L<n>`). `retrieval_metrics` is pure.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from pathlib import Path
 from typing import Collection, Sequence
 
 from ..errors import KnowledgeBaseError
 from ..paths import is_glob, match_files
-from .documents import decode_text
+from .documents import decode_text, json_object
 from .problems import Problems
 
 RETRIEVAL_METRICS = ("hit_at_k", "mrr", "recall_at_k")
@@ -91,13 +90,7 @@ def _query_file(root: Path, path: str) -> Path:
 
 def _query(line: str, documents: set[str], terse: bool) -> dict:
     """One line's question and expected sources; `terse` skips the did-you-mean search (nobody will read it)."""
-    try:
-        row = json.loads(line)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise KnowledgeBaseError(f"not valid JSON ({reason}); each line must be one object") from exc
-    if not isinstance(row, dict):
-        raise KnowledgeBaseError(f"expected a JSON object, got {type(row).__name__}")
+    row = json_object(line)
     question, source = row.get("question"), row.get("source")
     if not isinstance(question, str) or not question.strip():
         raise KnowledgeBaseError("'question' must be a non-empty string")
