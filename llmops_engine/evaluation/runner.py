@@ -118,7 +118,7 @@ def score_contenders(
     import torch
 
     # Ray's OMP_NUM_THREADS reaches only a fresh worker, and a reused one keeps the torch threads it
-    # started with: one thread on a 2-CPU task made generation 1.65x slower (SmolLM2, batch 16).
+    # started with, so a 2-CPU task could generate on one thread.
     torch.set_num_threads(cpus)
     device = "cuda" if use_gpu else "cpu"
     results: dict[str, dict[str, list[dict]]] = {suite: {} for suite in questions}

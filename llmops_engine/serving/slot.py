@@ -3,6 +3,8 @@
 Which version it holds is its user_config, so loading a new version into the spare slot
 is a `reconfigure` on the running replicas — no restart. Requests are collected by
 `@serve.batch` and run as one `LoadedModel.generate` call per group of equal settings.
+A grounded version (a knowledge base in its ModelRef) retrieves each chat request's chunks here,
+off the event loop, before batching: the index is part of the version, like the weights.
 
 A batch is shared by many clients, so nothing one request carries may fail or stall the
 others: prompts are checked per request before they are queued (an empty sequence would
