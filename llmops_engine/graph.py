@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 
 from .specs.resource import Resource, key_of
@@ -37,19 +38,21 @@ def find_cycle(by_key: Mapping[str, Resource]) -> list[str] | None:
 
 
 def topological_order(by_key: Mapping[str, Resource]) -> list[str]:
-    """Dependencies first; ties broken by key so the order is stable."""
+    """Dependencies first. Among the resources that are ready, builds go before the kinds that
+    keep processes running (on 2 cores, two idle deployments made an evaluation's decoding 25 %
+    slower), then by key, so the order is stable."""
+    waiting = {key: {dep for dep in dependencies(resource) if dep in by_key} for key, resource in by_key.items()}
+    ready = [(by_key[key].spec.keeps_running, key) for key, deps in waiting.items() if not deps]
+    heapq.heapify(ready)
     order: list[str] = []
-    done: set[str] = set()
-
-    def visit(key: str) -> None:
-        if key in done:
-            return
-        done.add(key)
-        for dep in dependencies(by_key[key]):
-            if dep in by_key:
-                visit(dep)
+    while ready:
+        _, key = heapq.heappop(ready)
         order.append(key)
-
-    for key in sorted(by_key):
-        visit(key)
+        for other, deps in waiting.items():
+            if key in deps:
+                deps.discard(key)
+                if not deps:
+                    heapq.heappush(ready, (by_key[other].spec.keeps_running, other))
+    if len(order) < len(by_key):  # a cycle cannot come from validated specs; keep every key anyway
+        order += sorted(set(by_key) - set(order))
     return order

@@ -43,7 +43,7 @@ def fresh_clone(target: Path) -> Path:
     return target
 
 
-def llmops(root: Path, *args: str, env: dict, timeout: float = 900):
+def llmops(root: Path, *args: str, env: dict, timeout: float = 2700):
     exe = Path(sys.executable).parent / "llmops"
     return subprocess.run([str(exe), *args], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -233,3 +233,22 @@ def test_digests_track_state_not_order():
 )
 def test_diff_paths(old, new, paths):
     assert diff_paths(old, new) == paths
+
+
+# --- apply order ------------------------------------------------------------------------------
+def test_apply_order_puts_dependencies_first_and_serving_after_the_builds():
+    from pathlib import Path
+
+    from llmops_engine.graph import dependencies, topological_order
+    from llmops_engine.specs.loader import load_resources
+
+    demo = Path(__file__).resolve().parent.parent
+    by_key = {r.key: r for r in load_resources(demo, ["specs"])}
+    order = topological_order(by_key)
+
+    assert sorted(order) == sorted(by_key)
+    for key in order:
+        assert all(order.index(dep) < order.index(key) for dep in dependencies(by_key[key]) if dep in by_key), key
+    serving = [key for key in order if key.startswith("Deployment/")]
+    assert serving and order[-len(serving):] == serving, "a Deployment came before a build it does not need"
+    assert order == topological_order(dict(reversed(by_key.items()))), "the order depends on load order"

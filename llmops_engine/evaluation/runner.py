@@ -162,11 +162,25 @@ def _grounded(examples: list[dict], retriever, knowledge: dict | None) -> tuple[
 
 
 def _runs(model, prompts: list[str], expected: list[str], generation: dict, repeats: int, losses: bool) -> list[dict]:
-    losses = _losses(model, prompts, expected, generation["batch_size"]) if losses else None
-    return [
-        {**_decode(model, prompts, generation, generation["seed"] + repeat), "losses": losses}
+    # Batches of similar length pad less: 32 RAG prompts of 284–357 tokens decoded 13 % faster
+    # sorted (BENCHMARKS.md). Results go back to the examples' order.
+    order = sorted(range(len(prompts)), key=lambda at: len(prompts[at]))
+    prompts, expected = [prompts[at] for at in order], [expected[at] for at in order]
+    scored = _losses(model, prompts, expected, generation["batch_size"]) if losses else None
+    runs = [
+        {**_decode(model, prompts, generation, generation["seed"] + repeat), "losses": scored}
         for repeat in range(repeats)
     ]
+    return [{field: _unsorted(values, order) for field, values in run.items()} for run in runs]
+
+
+def _unsorted(values: list | None, order: list[int]) -> list | None:
+    if values is None:
+        return None
+    restored = [None] * len(values)
+    for position, at in enumerate(order):
+        restored[at] = values[position]
+    return restored
 
 
 def _load(contender: Contender, device: str, store_root: Path):

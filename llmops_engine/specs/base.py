@@ -44,6 +44,9 @@ class KindSpec(StrictModel):
     # Environment variables that change this kind's outputs (e.g. a CI step cap); their
     # values join the fingerprint so a capped run is never mistaken for a full one.
     env_inputs: ClassVar[tuple[str, ...]] = ()
+    # A kind that keeps processes running once applied (serving replicas). Apply reaches it
+    # after the builds that do not depend on it: idle replicas take CPU from training.
+    keeps_running: ClassVar[bool] = False
 
     def references(self) -> list[Reference]:
         return []

@@ -78,6 +78,7 @@ class Batching(StrictModel):
 
 class DeploymentSpec(KindSpec):
     kind: ClassVar[str] = "Deployment"
+    keeps_running: ClassVar[bool] = True
 
     model: str = Field(description="A TuningJob (its gated output), or a base model ref served as it is "
                                    "(builtin:…, hf:org/name, gguf:file.gguf, path:dir; with gate: null).")
