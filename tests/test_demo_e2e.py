@@ -66,6 +66,8 @@ def test_demo_apply_end_to_end(tmp_path):
         assert f"http://127.0.0.1:{port}/v1" in first.stdout
         assert "curl -s" in first.stdout and "openai.OpenAI" in first.stdout
         assert key not in first.stdout + first.stderr, "the API key leaked into output"
+        # The gate and the comparison ask the tuned and the base model the same questions: once.
+        assert "answers reused from earlier evaluations" in first.stdout
 
         import openai
 

@@ -47,7 +47,8 @@ class EvaluationController(BaseController):
         runs = _run(resource, ctx, fingerprint, contenders + variants, examples, regression_examples, regression_base)
         outcome = assess(spec, contenders, skipped, examples, runs.get("main", {}),
                          regression_examples, runs.get("regression", {}), variants)
-        write_results(staging, outcome, _run_info(resource, ctx, fingerprint, candidate, regression_base))
+        info = _run_info(resource, ctx, fingerprint, candidate, regression_base)
+        write_results(staging, outcome, {**info, "reused_answers": _reused(runs)})
         if variants:
             ctx.report(f"{resource.key}: side by side on the same examples\n{comparison_table(outcome)}")
 
@@ -80,10 +81,30 @@ def _run(resource: Resource, ctx: ApplyContext, fingerprint: str, contenders: li
     ctx.report(f"{resource.key}: scoring " + "; ".join(
         f"{', '.join(s.roles)} on {len(s.examples)} {s.name} examples" for s in suites
     ))
-    return run_on_cluster(
+    runs = run_on_cluster(
         ctx.project, ctx.store.root, [c for c in loaded if c.role in scored], suites, spec.generation,
         spec.repeats, spec.gpus, spec.cpus, run_name=f"{resource.name}-{fingerprint[:12]}",
+        answers_dir=_answers_dir(ctx),
     )
+    if reused := _reused(runs):
+        total = sum(len(run.outputs) for run in _all_runs(runs))
+        ctx.report(f"{resource.key}: {reused} of {total} answers reused from earlier evaluations "
+                   "(same model version, prompt and greedy settings)")
+    return runs
+
+
+def _all_runs(runs: dict) -> list:
+    return [run for by_role in runs.values() for role_runs in by_role.values() for run in role_runs]
+
+
+def _reused(runs: dict) -> int:
+    return sum(run.reused for run in _all_runs(runs))
+
+
+def _answers_dir(ctx: ApplyContext) -> Path | None:
+    """Where the evaluation task keeps answers for reuse: on this machine, so only when the task
+    runs here (the local head); a worker on a cluster node answers afresh."""
+    return None if ctx.project.ray_address() else ctx.project.state_dir / "answers"
 
 
 def _needs_losses(metrics: list[str]) -> bool:

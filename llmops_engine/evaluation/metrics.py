@@ -31,6 +31,7 @@ class ModelRun:
     latencies_ms: list[float]  # per example: wall time of the generate call that answered it
     losses: list[float] | None = None  # mean token loss on the expected response, per example
     sources: list[list[str]] | None = None  # per example: the chunk ids a knowledge base retrieved for it
+    reused: int = 0  # answers an earlier evaluation gave to the same prompts (answers.py)
 
 
 @dataclass

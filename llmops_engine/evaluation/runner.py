@@ -20,6 +20,7 @@ from ..errors import EvaluationError, LLMOpsError
 from ..project import Project
 from ..specs.evaluation import Generation
 from ..specs.prompt import PromptSpec
+from .answers import AnswerBook, decode_key, loss_key
 from .contenders import Contender
 from .metrics import ModelRun
 
@@ -64,6 +65,7 @@ def run_on_cluster(
     gpus: float,
     cpus: int,
     run_name: str,
+    answers_dir: Path | None = None,
 ) -> dict[str, dict[str, list[ModelRun]]]:
     """suite -> role -> one ModelRun per repeat. Raises EvaluationError when the task fails."""
     import ray
@@ -81,7 +83,8 @@ def run_on_cluster(
     )
     jobs = [asdict(c) for c in contenders]
     try:
-        pending = task.remote(jobs, questions, expected, generation.model_dump(), repeats, gpus > 0, str(store_root), cpus)
+        pending = task.remote(jobs, questions, expected, generation.model_dump(), repeats, gpus > 0, str(store_root), cpus,
+                              str(answers_dir) if answers_dir else None)
         raw = ray.get(pending)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
@@ -113,8 +116,10 @@ def score_contenders(
     use_gpu: bool,
     store_root: str,
     cpus: int = 1,
+    answers_dir: str | None = None,
 ) -> dict[str, dict[str, list[dict]]]:
-    """suite -> role -> one raw run per repeat; `questions` is suite -> {roles, examples}."""
+    """suite -> role -> one raw run per repeat; `questions` is suite -> {roles, examples}.
+    With `answers_dir`, answers given before are reused and new ones kept (answers.py)."""
     import torch
 
     # Ray's OMP_NUM_THREADS reaches only a fresh worker, and a reused one keeps the torch threads it
@@ -126,12 +131,15 @@ def score_contenders(
         contender = Contender(**job)
         model = _load(contender, device, Path(store_root))
         retriever = _retriever(contender)
+        book = AnswerBook(Path(answers_dir), model.version) if answers_dir else None
         for suite, asked in questions.items():
             if contender.role in asked["roles"]:
                 examples, sources = _grounded(asked["examples"], retriever, contender.knowledge)
                 prompts = [render(contender.template, example, model.chat) for example in examples]
-                runs = _runs(model, prompts, expected[suite], generation, repeats, asked["losses"])
+                runs = _runs(model, prompts, expected[suite], generation, repeats, asked["losses"], book, cpus)
                 results[suite][contender.role] = [{**run, "sources": sources} for run in runs]
+        if book:
+            book.save()
         del model  # one model in memory at a time
     return results
 
@@ -161,22 +169,22 @@ def _grounded(examples: list[dict], retriever, knowledge: dict | None) -> tuple[
     return grounded, sources
 
 
-def _runs(model, prompts: list[str], expected: list[str], generation: dict, repeats: int, losses: bool) -> list[dict]:
+def _runs(model, prompts: list[str], expected: list[str], generation: dict, repeats: int, losses: bool,
+          book: AnswerBook | None = None, threads: int = 1) -> list[dict]:
     # Batches of similar length pad less: 32 RAG prompts of 284–357 tokens decoded 13 % faster
     # sorted (BENCHMARKS.md). Results go back to the examples' order.
     order = sorted(range(len(prompts)), key=lambda at: len(prompts[at]))
     prompts, expected = [prompts[at] for at in order], [expected[at] for at in order]
-    scored = _losses(model, prompts, expected, generation["batch_size"]) if losses else None
+    scored = _losses(model, prompts, expected, generation["batch_size"], book) if losses else None
     runs = [
-        {**_decode(model, prompts, generation, generation["seed"] + repeat), "losses": scored}
+        {**_decode(model, prompts, generation, generation["seed"] + repeat, book, threads), "losses": scored}
         for repeat in range(repeats)
     ]
-    return [{field: _unsorted(values, order) for field, values in run.items()} for run in runs]
+    return [{field: _unsorted(values, order) if isinstance(values, list) else values for field, values in run.items()}
+            for run in runs]
 
 
-def _unsorted(values: list | None, order: list[int]) -> list | None:
-    if values is None:
-        return None
+def _unsorted(values: list, order: list[int]) -> list:
     restored = [None] * len(values)
     for position, at in enumerate(order):
         restored[at] = values[position]
@@ -194,8 +202,10 @@ def _load(contender: Contender, device: str, store_root: Path):
     return model
 
 
-def _decode(model, prompts: list[str], generation: dict, seed: int) -> dict:
-    """Batched decoding; each example's latency is the wall time of the call that answered it."""
+def _decode(model, prompts: list[str], generation: dict, seed: int, book: AnswerBook | None = None,
+            threads: int = 1) -> dict:
+    """Batched decoding of the prompts the book has no answer for; each example's latency is the
+    wall time of the call that answered it (then or when the book's answer was decoded)."""
     settings = dict(
         max_new_tokens=generation["max_new_tokens"],
         do_sample=generation["do_sample"],
@@ -203,22 +213,33 @@ def _decode(model, prompts: list[str], generation: dict, seed: int) -> dict:
         top_p=generation["top_p"],
         seed=seed,
     )
-    if prompts:
-        model.generate(prompts[:1], **{**settings, "max_new_tokens": 1})  # warm-up, not timed
-    outputs, tokens, latencies = [], [], []
+    keys = [decode_key(model.version, model.device, threads, generation, seed, p) if book else None for p in prompts]
+    answers: list[dict | None] = [book.get(key) if book else None for key in keys]
+    missing = [at for at, answer in enumerate(answers) if answer is None]
+    if missing:
+        model.generate(prompts[missing[0]:missing[0] + 1], **{**settings, "max_new_tokens": 1})  # warm-up, not timed
     size = generation["batch_size"]
-    for start in range(0, len(prompts), size):
+    for start in range(0, len(missing), size):
+        batch = missing[start : start + size]
         began = time.perf_counter()
-        answers = model.generate(prompts[start : start + size], **settings)
+        generated = model.generate([prompts[at] for at in batch], **settings)
         elapsed_ms = (time.perf_counter() - began) * 1000
-        outputs += [a.text for a in answers]
-        tokens += [a.completion_tokens for a in answers]
-        latencies += [elapsed_ms] * len(answers)
-    return {"outputs": outputs, "output_tokens": tokens, "latencies_ms": latencies}
+        for at, answer in zip(batch, generated):
+            answers[at] = {"output": answer.text, "tokens": answer.completion_tokens, "latency_ms": elapsed_ms}
+            if book:
+                book.put(keys[at], answers[at])
+    return {"outputs": [a["output"] for a in answers], "output_tokens": [a["tokens"] for a in answers],
+            "latencies_ms": [a["latency_ms"] for a in answers], "reused": len(prompts) - len(missing)}
 
 
-def _losses(model, prompts: list[str], expected: list[str], size: int) -> list[float]:
-    losses: list[float] = []
-    for start in range(0, len(prompts), size):
-        losses += [float(x) for x in model.loss(prompts[start : start + size], expected[start : start + size])]
+def _losses(model, prompts: list[str], expected: list[str], size: int, book: AnswerBook | None = None) -> list[float]:
+    keys = [loss_key(model.version, model.device, p, e) for p, e in zip(prompts, expected)]
+    losses: list[float | None] = [(book.get(key) or {}).get("loss") if book else None for key in keys]
+    missing = [at for at, loss in enumerate(losses) if loss is None]
+    for start in range(0, len(missing), size):
+        batch = missing[start : start + size]
+        for at, loss in zip(batch, model.loss([prompts[at] for at in batch], [expected[at] for at in batch])):
+            losses[at] = float(loss)
+            if book:
+                book.put(keys[at], {"loss": losses[at]})
     return losses
