@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .dvcrecords import tracked_files
 from .errors import PlanError
 from .graph import dependencies
-from .paths import match_files, pattern_matches
+from .paths import excluding, match_files, pattern_matches
 from .specs.resource import Resource
 
 FORMAT_VERSION = "1"
@@ -50,9 +50,10 @@ class ContentHasher:
     identified by its sha256.
     """
 
-    def __init__(self, root: Path, cache_file: Path | None = None):
+    def __init__(self, root: Path, cache_file: Path | None = None, skip_dirs: Sequence[Path] = ()):
         self.root = root
         self.cache_file = cache_file
+        self.skip_dirs = skip_dirs  # the engine's own output: never an input
         self.tracked = {path: t.md5 for path, t in tracked_files(root).items() if t.md5}
         self._cache: dict[str, list] = {}
         self._dirty = False
@@ -69,7 +70,7 @@ class ContentHasher:
             matches = match_files(self.root, pattern)
             if matches.problem:  # validate refuses these first; never hash a file outside the repository
                 raise PlanError(matches.problem)
-            files = {path.relative_to(self.root).as_posix(): path for path in matches.files}
+            files = {path.relative_to(self.root).as_posix(): path for path in excluding(matches.files, self.skip_dirs)}
             absent = {rel: md5 for rel, md5 in self.tracked.items()
                       if rel not in files and pattern_matches(rel, pattern)}
             if not files and not absent:

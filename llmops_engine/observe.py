@@ -55,7 +55,7 @@ def load_desired(project: Project) -> Desired:
     resources = load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)
     by_key = {r.key: r for r in resources}
     order = topological_order(by_key)
-    hasher = ContentHasher(project.root, project.state_dir / "hash-cache.json")
+    hasher = ContentHasher(project.root, project.state_dir / "hash-cache.json", project.engine_dirs())
     fingerprints, inputs = fingerprint_all(by_key, order, hasher)
     return Desired(by_key, order, fingerprints, inputs)
 

@@ -13,6 +13,7 @@ directories (symlinked directories are not descended by `**`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -46,6 +47,12 @@ class Matches:
 
     files: tuple[Path, ...]
     problem: str | None = None
+
+
+def excluding(files: Iterable[Path], folders: Sequence[Path]) -> list[Path]:
+    """`files` without those under `folders`, compared resolved (a symlink into one is under it)."""
+    skipped = [folder.resolve() for folder in folders]
+    return [path for path in files if not any(path.resolve().is_relative_to(folder) for folder in skipped)]
 
 
 def match_files(root: Path, pattern: str) -> Matches:

@@ -69,6 +69,12 @@ class Project:
             return url
         return str((self.root / url).resolve())
 
+    def engine_dirs(self) -> tuple[Path, ...]:
+        """The folders inside the repository that hold the engine's own output (state, a local
+        store): never an input, or an evaluation's report would change a knowledge base."""
+        url = self.artifact_store_url()
+        return (self.state_dir, *(() if "://" in url else (Path(url),)))
+
     def ray_address(self) -> str | None:
         return os.environ.get("RAY_ADDRESS") or self.settings.ray.address
 

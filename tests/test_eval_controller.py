@@ -189,3 +189,26 @@ def test_variants_sit_beside_the_candidate_in_every_result_file_and_gate_only_wh
     report = (tmp_path / "report.md").read_text()
     assert "## Side by side" in report and "- variant base+rag:" in report and "knowledge base docs" in report
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_variant_on_another_model_keeps_the_prompt_but_not_the_candidates_chat_template(tmp_path):
+    """A tuned chat model's template carries the chat template it was tuned through; another
+    model asked with that prompt must render through its own (or loading it would fail)."""
+    from llmops_engine.evaluation import contenders as pick
+
+    chat_prompt = {"format": "chat", "template": "{instruction}"}
+    evaluation = resource("Evaluation", "ev", model="base:builtin:tiny-llama", prompt="chat", dataset="d",
+                          thresholds=[{"metric": "rouge_l", "min": 0.1}],
+                          variants=[{"name": "other", "model": "hf:org/other"},
+                                    {"name": "other-chat", "model": "hf:org/other", "prompt": "chat"},
+                                    {"name": "untuned", "model": "base"}])
+    ctx = make_context(tmp_path, [resource("Prompt", "chat", **chat_prompt), evaluation])
+    candidate = pick.Contender("candidate", "abc", {"format": "chat", "template": "{instruction}",
+                                                     "chat_template": "{{ tuned through this }}"}, "h",
+                               base_ref="builtin:tiny-llama")
+
+    other, other_chat, base = pick.variants(evaluation, ctx, candidate)
+
+    assert other.template["chat_template"] is None and other.template["template"] == "{instruction}"
+    assert other_chat.template["chat_template"] is None
+    assert base.template["chat_template"] == "{{ tuned through this }}"  # the same family keeps it

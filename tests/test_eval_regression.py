@@ -5,6 +5,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from llmops_engine.controllers.evaluation import EvaluationController
 from llmops_engine.data.pipeline import build
@@ -97,7 +98,7 @@ def test_regression_fails_closed(scenario, regression_runs, examples, note):
 
 
 def test_regression_thresholds_compare_with_the_base_only():
-    with pytest.raises(Exception, match="regression thresholds compare with the base model"):
+    with pytest.raises(ValidationError, match="regression thresholds compare with the base model"):
         evaluation_spec([{**FORGET_AT_MOST_5_POINTS, "baseline": "champion"}])
 
 
@@ -107,7 +108,7 @@ def test_a_regression_set_may_be_reported_without_gating_but_not_be_empty_handed
                      GENERAL, {"candidate": run_of(answers(2, GENERAL)), "base": run_of(KNOWS)})
     assert not any(c.metric.startswith("regression.") for c in outcome.verdict.checks)
     assert outcome.regression.scores["candidate"].values["contains"] is not None
-    with pytest.raises(Exception, match="give thresholds to gate on the regression set, or metrics to report"):
+    with pytest.raises(ValidationError, match="give thresholds to gate on the regression set, or metrics to report"):
         evaluation_spec([])
 
 
@@ -287,7 +288,7 @@ def test_eval_fraction_bounds(fraction, accepted):
     if accepted:
         assert Split(eval_fraction=fraction).eval_fraction == fraction
     else:
-        with pytest.raises(Exception, match="greater than 0|less than or equal to 1"):
+        with pytest.raises(ValidationError, match="greater than 0|less than or equal to 1"):
             Split(eval_fraction=fraction)
 
 

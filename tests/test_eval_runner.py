@@ -1,11 +1,13 @@
 """The runner's batching and answer reuse, without a model: prompts are decoded in batches of
 similar length, every output, token count, latency and loss lands back on its own example, and
-an answer is reused only where the same model version was asked the same prompt greedily."""
+an answer is reused only where the same model was asked the same prompt greedily."""
+
+import json
 
 import pytest
 
 from llmops_engine.evaluation import runner
-from llmops_engine.evaluation.answers import AnswerBook
+from llmops_engine.evaluation.answers import AnswerBook, model_identity
 from llmops_engine.models import Generation
 
 GENERATION = {"max_new_tokens": 4, "do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": 0, "batch_size": 2}
@@ -72,7 +74,6 @@ def test_a_second_evaluation_reuses_the_answers_and_losses_it_shares_with_the_fi
     ("other threads (latency differs)", "v1", 1, GENERATION, EXPECTED, 0),
     ("longer answers asked", "v1", 2, {**GENERATION, "max_new_tokens": 8}, EXPECTED, 0),
     ("sampling is never reused", "v1", 2, {**GENERATION, "do_sample": True}, EXPECTED, 0),
-    ("another seed: another latency sample", "v1", 2, {**GENERATION, "seed": 1}, EXPECTED, 0),
     ("other expected answers: decodes reused, losses scored", "v1", 2, GENERATION, ["y"] * 5, 5),
 ])
 def test_what_an_answer_is_reused_for(tmp_path, scenario, version, threads, generation, expected, reused):
@@ -88,23 +89,64 @@ def test_what_an_answer_is_reused_for(tmp_path, scenario, version, threads, gene
     assert len(model.scored) == (0 if (version, expected) == ("v1", EXPECTED) else 5), scenario
 
 
-def test_greedy_repeats_are_each_decoded_once_and_reused_as_such(tmp_path):
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"k": 5}'])
+def test_an_unreadable_book_is_empty_and_is_rewritten(tmp_path, content):
     book = AnswerBook(tmp_path, "v1")
-    model = EchoModel()
-    runs = runner._runs(model, PROMPTS, EXPECTED, GENERATION, 3, False, book, 2)
-    assert [run["reused"] for run in runs] == [0, 0, 0]  # three latency samples, not one
-    book.save()
-    again = runner._runs(EchoModel(), PROMPTS, EXPECTED, GENERATION, 3, False, AnswerBook(tmp_path, "v1"), 2)
-    assert [run["reused"] for run in again] == [5, 5, 5]
-    assert [run["latencies_ms"] for run in again] == [run["latencies_ms"] for run in runs]
-
-
-def test_an_unreadable_book_is_empty_and_is_rewritten(tmp_path):
-    book = AnswerBook(tmp_path, "v1")
-    book.path.write_text("{not json")
+    book.path.write_text(content)
     [run] = runner._runs(EchoModel(), PROMPTS, EXPECTED, GENERATION, 1, False, AnswerBook(tmp_path, "v1"), 2)
     assert run["reused"] == 0
     rewritten = AnswerBook(tmp_path, "v1")
     runner._runs(EchoModel(), PROMPTS, EXPECTED, GENERATION, 1, False, rewritten, 2)
     rewritten.save()
-    assert len(AnswerBook(tmp_path, "v1").answers) == len(PROMPTS)
+    kept = AnswerBook(tmp_path, "v1").answers.values()
+    assert len([v for v in kept if isinstance(v, dict) and "output" in v]) == len(PROMPTS)
+
+
+def test_entries_of_the_wrong_shape_are_answered_again(tmp_path):
+    book = AnswerBook(tmp_path, "v1")
+    runner._runs(EchoModel(), PROMPTS, EXPECTED, GENERATION, 1, True, book, 2)
+    book.save()
+    broken = {key: ({"output": 5} if "output" in entry else {"loss": "x"}) for key, entry in book.answers.items()}
+    book.path.write_text(json.dumps(broken))
+
+    model = EchoModel()
+    [run] = runner._runs(model, PROMPTS, EXPECTED, GENERATION, 1, True, AnswerBook(tmp_path, "v1"), 2)
+    assert run["reused"] == 0 and len(model.scored) == len(PROMPTS)
+    assert run["outputs"] == [p[::-1] for p in PROMPTS]
+
+
+def test_an_evaluation_that_reports_latency_keeps_answers_but_reuses_none(tmp_path):
+    book = AnswerBook(tmp_path, "v1")
+    runner._runs(EchoModel(), PROMPTS[:2], EXPECTED[:2], GENERATION, 1, False, book, 2)
+    book.save()
+
+    timing = AnswerBook(tmp_path, "v1", reuse=False)
+    [run] = runner._runs(EchoModel(), PROMPTS, EXPECTED, GENERATION, 1, False, timing, 2)
+    timing.save()
+
+    assert run["reused"] == 0
+    [later] = runner._runs(EchoModel(), PROMPTS, EXPECTED, GENERATION, 1, False, AnswerBook(tmp_path, "v1"), 2)
+    assert later["reused"] == len(PROMPTS)  # what both wrote is kept
+
+
+def test_two_books_saving_the_same_model_keep_each_others_answers(tmp_path):
+    first, second = AnswerBook(tmp_path, "v1"), AnswerBook(tmp_path, "v1")
+    runner._runs(EchoModel(), PROMPTS[:2], EXPECTED[:2], GENERATION, 1, False, first, 2)
+    runner._runs(EchoModel(), PROMPTS[2:], EXPECTED[2:], GENERATION, 1, False, second, 2)
+    first.save()
+    second.save()
+    [run] = runner._runs(EchoModel(), PROMPTS, EXPECTED, GENERATION, 1, False, AnswerBook(tmp_path, "v1"), 2)
+    assert run["reused"] == len(PROMPTS)
+
+
+def test_a_tuned_model_is_known_by_its_files_not_its_version(tmp_path):
+    artifact = tmp_path / "artifact"
+    (artifact / "adapter").mkdir(parents=True)
+    (artifact / "adapter" / "adapter_model.safetensors").write_bytes(b"weights one")
+    (artifact / "loss.csv").write_text("step,loss\n")
+    first = model_identity("931726a01f91", str(artifact))
+    (artifact / "loss.csv").write_text("step,loss\n1,2\n")
+    assert model_identity("931726a01f91", str(artifact)) == first  # not what answers
+    (artifact / "adapter" / "adapter_model.safetensors").write_bytes(b"weights two")
+    assert model_identity("931726a01f91", str(artifact)) != first  # the same spec trained again
+    assert model_identity("base:89608ed8f193", None) != model_identity("base:000000000000", None)

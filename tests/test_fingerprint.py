@@ -1,5 +1,6 @@
 """Fingerprints change exactly when outputs could: spec, upstream, or data — not layout."""
 
+from llmops_engine.data.sources import source_files
 from llmops_engine.engine import Engine
 from llmops_engine.project import load_project
 
@@ -90,3 +91,18 @@ def test_data_content_change_moves_fingerprint(make_project):
     assert before["Dataset/d"] != after["Dataset/d"]
     assert before["TuningJob/t"] != after["TuningJob/t"]
     assert before["Prompt/p"] == after["Prompt/p"]
+
+
+def test_the_engines_own_output_is_never_an_input(make_project):
+    """A `**` glob also matches what the engine writes (reports in the store, request logs):
+    its fingerprint must not move when the engine writes them."""
+    root = project(make_project, SPECS.replace("source: {path: data/x.jsonl}", "source: {path: '**/*.jsonl'}"))
+    before = fingerprints(root)
+    for written in (".llmops/serve/requests/support-api.jsonl", ".llmops/store/objects/ab/eval.jsonl"):
+        (root / written).parent.mkdir(parents=True, exist_ok=True)
+        (root / written).write_text('{"q": "x", "a": "y"}\n')
+    assert fingerprints(root)["Dataset/d"] == before["Dataset/d"]
+    dataset = Engine(load_project(root)).load().by_key["Dataset/d"]
+    assert [p.relative_to(root).as_posix() for p in source_files(root, dataset.spec.source)] == ["data/x.jsonl"]
+    (root / "data" / "more.jsonl").write_text('{"q": "x", "a": "y"}\n')
+    assert fingerprints(root)["Dataset/d"] != before["Dataset/d"]  # a real input still counts

@@ -1,28 +1,33 @@
 """Reading knowledge base files: every supported type, and every bad input as one clear error."""
 
 import time
+import zlib
 
 import pytest
 
 from llmops_engine.errors import KnowledgeBaseError
+from llmops_engine.knowledge import documents as documents_module
 from llmops_engine.knowledge.documents import Document, read_documents
 
 
-def pdf_bytes(pages: list[str]) -> bytes:
-    """A minimal valid PDF, written by hand: one Helvetica text line per page."""
+def pdf_bytes(pages: list[str], compress: bool = False) -> bytes:
+    """A minimal valid PDF, written by hand: one Helvetica text line per page (Flate-compressed
+    content streams with `compress`, so the text can be far larger than the file)."""
     objects = ["<< /Type /Catalog /Pages 2 0 R >>",
                "<< /Type /Pages /Kids [" + " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
                + f"] /Count {len(pages)} >>",
                "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
     for i, text in enumerate(pages):
-        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        stream, filter_ = (zlib.compress(stream), b" /Filter /FlateDecode") if compress else (stream, b"")
         objects.append("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
                        f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>")
-        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+        objects.append(f"<< /Length {len(stream)}".encode() + filter_ + b" >>\nstream\n" + stream + b"\nendstream")
     out, offsets = bytearray(b"%PDF-1.4\n"), []
     for number, body in enumerate(objects, start=1):
         offsets.append(len(out))
-        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+        body = body if isinstance(body, bytes) else body.encode()
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
     xref = len(out)
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
@@ -91,6 +96,8 @@ BAD = [
     ("JSONL field not a string", {"kb/r.jsonl": '{"text": 3}\n'}, "kb/r.jsonl:1: no string field 'text'"),
     ("JSONL empty text", {"kb/r.jsonl": '{"text": "  "}\n'}, "kb/r.jsonl:1: the document is empty"),
     ("JSONL not an object", {"kb/r.jsonl": '["text"]\n'}, "kb/r.jsonl:1: expected a JSON object, got list"),
+    ("JSONL integer past the digit limit", {"kb/r.jsonl": '{"text": ' + "7" * 5001 + "}\n"},
+     "kb/r.jsonl:1: not valid JSON (a number longer than 4,300 digits); each line must be one object"),
     ("JSONL deeply nested", {"kb/r.jsonl": "[" * 100_000 + "]" * 100_000 + "\n"}, "kb/r.jsonl:1: not valid JSON"),
     ("JSONL binary line", {"kb/r.jsonl": b'{"text": "a"}\n\x00\x01\n'}, "kb/r.jsonl:2: not a text file"),
     ("JSONL with no rows", {"kb/r.jsonl": "\n\n"}, "kb/r.jsonl: the file has no rows"),
@@ -181,3 +188,58 @@ def test_an_unreadable_file_is_a_located_problem(tmp_path, monkeypatch):
     with pytest.raises(KnowledgeBaseError) as raised:
         read_documents(tmp_path, "kb/*.md")
     assert str(raised.value).splitlines()[1:] == ["kb/b.md: cannot read it: Permission denied"]
+
+
+SOURCE_CAPS = [
+    ("files", {"MAX_FILES": 2}, {"kb/a.md": "a", "kb/b.md": "b", "kb/c.md": "c"},
+     "'kb/*' matches 3 files, over the limit of 2 (MAX_FILES) for one knowledge base; narrow source.path"),
+    ("total bytes", {"MAX_TOTAL_BYTES": 10}, {"kb/a.md": "aaaaaa", "kb/b.md": "bbbbbb"},
+     "'kb/*' matches 12 bytes, over the limit of 10 (MAX_TOTAL_BYTES) for one knowledge base; narrow source.path"),
+    ("JSONL rows across files", {"MAX_JSONL_ROWS": 2},
+     {"kb/a.jsonl": '{"text": "1"}\n{"text": "2"}\n', "kb/b.jsonl": '{"text": "3"}\n', "kb/c.jsonl": "junk\n"},
+     "1 problem reading knowledge base documents:\nkb/b.jsonl: line 1 takes the source over 2 JSONL rows "
+     "(MAX_JSONL_ROWS) for one knowledge base; narrow source.path"),
+    ("PDF pages", {"MAX_PDF_PAGES": 1}, {"kb/a.pdf": pdf_bytes(["one", "two"])},
+     "1 problem reading knowledge base documents:\nkb/a.pdf: 2 pages is over the 1-page limit (MAX_PDF_PAGES) "
+     "for one PDF; split it"),
+]
+
+
+@pytest.mark.parametrize("caps,files,message", [c[1:] for c in SOURCE_CAPS], ids=[c[0] for c in SOURCE_CAPS])
+def test_a_source_past_a_cap_is_refused_naming_the_cap(tmp_path, monkeypatch, caps, files, message):
+    for name, value in caps.items():
+        monkeypatch.setattr(documents_module, name, value)
+    with pytest.raises(KnowledgeBaseError) as raised:
+        read_documents(write(tmp_path, files), "kb/*")
+    assert str(raised.value).startswith(message)  # the rows cap stops reading: kb/c.jsonl's junk is never reported
+
+
+def test_the_caps_allow_a_source_exactly_at_them(tmp_path, monkeypatch):
+    for name, value in {"MAX_FILES": 2, "MAX_TOTAL_BYTES": 30, "MAX_JSONL_ROWS": 2}.items():
+        monkeypatch.setattr(documents_module, name, value)
+    write(tmp_path, {"kb/a.jsonl": '{"text": "1"}\n{"text": "2"}\n', "kb/b.md": "b"})
+    assert [d.source for d in read_documents(tmp_path, "kb/*")] == ["kb/a.jsonl#L1", "kb/a.jsonl#L2", "kb/b.md"]
+
+
+def test_pdf_text_past_max_bytes_is_refused_though_the_file_is_small(tmp_path):
+    write(tmp_path, {"kb/bomb.pdf": pdf_bytes(["A" * 3000] * 5, compress=True)})
+    assert (tmp_path / "kb" / "bomb.pdf").stat().st_size < 2000
+    with pytest.raises(KnowledgeBaseError) as raised:
+        read_documents(tmp_path, "kb/*", max_bytes=5000)
+    assert str(raised.value).splitlines()[1] == ("kb/bomb.pdf: its text is over the 5,000-byte limit for one file "
+                                                 "by page 2; split it")
+
+
+def test_compressed_pdf_text_up_to_max_bytes_is_read(tmp_path):
+    write(tmp_path, {"kb/a.pdf": pdf_bytes(["A" * 3000] * 2, compress=True)})
+    assert read_documents(tmp_path, "kb/*", max_bytes=6000)[0].text == "A" * 3000 + "\n\n" + "A" * 3000
+
+
+def test_files_of_the_engines_own_state_are_never_read(tmp_path):
+    write(tmp_path, {"kb/a.md": "docs", ".llmops/store/reports/f00/report.md": "# Evaluation report",
+                     "store/objects/f00/retrieval.md": "# Retrieval gate"})
+    skip = (tmp_path / ".llmops", tmp_path / "store")
+    assert [d.source for d in read_documents(tmp_path, "**/*.md", skip_dirs=skip)] == ["kb/a.md"]
+    with pytest.raises(KnowledgeBaseError, match=r"'\.llmops/\*\*/\*\.md' matches no file under .* \(only files of "
+                                                 r"the engine's own state, which are never read\)"):
+        read_documents(tmp_path, ".llmops/**/*.md", skip_dirs=skip)

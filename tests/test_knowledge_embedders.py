@@ -24,7 +24,8 @@ def cosine_pair(embedder):
     return float(a @ b), float(a @ c)
 
 
-@pytest.mark.parametrize("ref", ["builtin:nope", "openai:text-embedding-3", "hf:no-slash", "hf:", "", "wordllama-256"])
+@pytest.mark.parametrize("ref", ["builtin:nope", "openai:text-embedding-3", "hf:no-slash", "hf:", "", "wordllama-256",
+                                 "hf:../..", "hf:org/..", "hf:./name"])  # an index.json from elsewhere may carry any ref
 def test_an_unknown_ref_lists_the_valid_forms(ref):
     with pytest.raises(KnowledgeBaseError, match="use builtin:wordllama-256, builtin:minilm-l6 or hf:<org>/<name>"):
         embedder_identity(ref)

@@ -249,6 +249,10 @@ def spoil_metadata(path, **changes):
     (path / "index.json").write_text(json.dumps(metadata))
 
 
+def write_metadata(path, metadata):
+    (path / "index.json").write_text(json.dumps(metadata))
+
+
 OPEN_FAILURES = [
     ("missing directory", lambda p: shutil.rmtree(p), r"opening the index at .* failed: FileNotFoundError"),
     ("newer format", lambda p: spoil_metadata(p, format=2), "index.json says format 2; this engine reads format 1"),
@@ -257,6 +261,20 @@ OPEN_FAILURES = [
     ("chunk count disagrees", lambda p: spoil_metadata(p, chunks=7), "is inconsistent: index.json says 7 chunks"),
     ("table gone", lambda p: shutil.rmtree(p / INDEX_DIR), "opening the index at .* failed: "),
     ("bm25 gone", lambda p: shutil.rmtree(p / "bm25"), "bm25/ is missing or empty"),
+    ("metadata not an object", lambda p: (p / "index.json").write_text("[1]"), "index.json is not a JSON object"),
+    ("metadata not JSON", lambda p: (p / "index.json").write_text("{"), "opening the index at .* failed: JSONDecodeError"),
+    ("embedder missing", lambda p: write_metadata(p, {"format": 1, "chunks": 6}),
+     r"index.json is corrupt: embedder.dim is None, not a positive integer; rebuild"),
+    ("embedder not an object", lambda p: spoil_metadata(p, embedder="builtin:wordllama-256"),
+     r"index.json is corrupt: embedder.dim is None, not a positive integer"),
+    ("chunks a string", lambda p: spoil_metadata(p, chunks="6"), r"index.json is corrupt: chunks is '6', not a positive"),
+    ("chunks a boolean", lambda p: spoil_metadata(p, chunks=True), r"index.json is corrupt: chunks is True, not a positive"),
+    ("dim zero", lambda p: spoil_metadata(p, embedder={"ref": "r", "identity": "i", "dim": 0}),
+     r"index.json is corrupt: embedder.dim is 0, not a positive integer"),
+    ("ref a number", lambda p: spoil_metadata(p, embedder={"ref": 3, "identity": "i", "dim": 256}),
+     r"index.json is corrupt: embedder.ref is 3, not a string"),
+    ("identity a list", lambda p: spoil_metadata(p, embedder={"ref": "r", "identity": ["x" * 100], "dim": 256}),
+     r"index.json is corrupt: embedder.identity is \['x{38}, not a string"),  # the value is cut at 40 characters
 ]
 
 

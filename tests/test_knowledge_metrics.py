@@ -3,6 +3,7 @@
 import pytest
 
 from llmops_engine.errors import KnowledgeBaseError
+from llmops_engine.knowledge import metrics
 from llmops_engine.knowledge.metrics import RETRIEVAL_METRICS, read_queries, retrieval_metrics, source_matches
 
 SCENARIOS = [
@@ -79,6 +80,11 @@ BAD_LINES = [
     ("source not a string", '{"question": "q", "source": [3]}', "eval/questions.jsonl:1: 'source' must be"),
     ("unknown source, with the closest", '{"question": "q", "source": "kb/biling.md"}',
      "eval/questions.jsonl:1: source 'kb/biling.md' is not a document of this knowledge base; did you mean 'kb/billing.md'?"),
+    ("integer past the digit limit", '{"question": "q", "source": ' + "7" * 5001 + "}",
+     "eval/questions.jsonl:1: not valid JSON (a number longer than 4,300 digits); each line must be one object"),
+    ("a row-level source suggests its file", '{"question": "q", "source": "kb/faq.jsonl#L9"}',
+     "eval/questions.jsonl:1: source 'kb/faq.jsonl#L9' is not a document of this knowledge base; did you mean "
+     "'kb/faq.jsonl'?"),
     ("unknown source, nothing close", '{"question": "q", "source": "zzzz"}',
      "eval/questions.jsonl:1: source 'zzzz' is not a document of this knowledge base"),
 ]
@@ -124,3 +130,32 @@ def test_a_symlinked_question_file_out_of_the_repository_is_refused(tmp_path):
     (root / "eval" / "questions.jsonl").symlink_to(tmp_path / "outside.jsonl")
     with pytest.raises(KnowledgeBaseError, match="resolves outside the repository"):
         read_queries(root, "eval/questions.jsonl", KNOWN)
+
+
+@pytest.mark.parametrize("questions, accepted", [(3, True), (4, False)])
+def test_the_number_of_questions_is_capped(tmp_path, monkeypatch, questions, accepted):
+    monkeypatch.setattr(metrics, "MAX_QUERIES", 3)
+    root = write(tmp_path, '{"question": "q", "source": "kb/billing.md"}\n\nnope\n' * questions)
+    if accepted:
+        with pytest.raises(KnowledgeBaseError, match=f"^{questions} problems"):  # the bad lines, not the cap
+            read_queries(root, "eval/questions.jsonl", KNOWN)
+        return
+    with pytest.raises(KnowledgeBaseError, match=r"^eval/questions\.jsonl:10: over 3 questions \(MAX_QUERIES\); "
+                                                 "the gate searches once per question"):
+        read_queries(root, "eval/questions.jsonl", KNOWN)
+
+
+def test_did_you_mean_looks_only_at_file_names_not_rows(tmp_path, monkeypatch):
+    rows = {f"kb/faq.jsonl#L{n}" for n in range(1, 5001)}
+    candidates = []
+    real = metrics.difflib.get_close_matches
+
+    def get_close_matches(word, possibilities, n):
+        candidates.append(len(possibilities))
+        return real(word, possibilities, n)
+
+    monkeypatch.setattr(metrics.difflib, "get_close_matches", get_close_matches)
+    root = write(tmp_path, '{"question": "q", "source": "kb/fac.jsonl"}\n')
+    with pytest.raises(KnowledgeBaseError, match="did you mean 'kb/faq.jsonl'"):
+        read_queries(root, "eval/questions.jsonl", rows | {"kb/billing.md"})
+    assert candidates == [2]

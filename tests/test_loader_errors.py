@@ -220,6 +220,11 @@ CASES = [
     ("kb-overlap", KB.format(extra="  chunking: {max_chars: 100, overlap: 100}\n"),
      6, "spec.chunking.overlap", "overlap (100) must be smaller than max_chars (100)"),
     ("kb-embedder", KB.format(extra="  embedder: builtin:word2vec\n"), 6, "spec.embedder", "should match pattern"),
+    ("kb-embedder-dotdot", KB.format(extra="  embedder: hf:../..\n"), 6, "spec.embedder",
+     "'hf:../..' has a '.' or '..' segment; write hf:<org>/<name>"),
+    ("kb-embedder-dot", KB.format(extra="  embedder: hf:org/.\n"), 6, "spec.embedder", "has a '.' or '..' segment"),
+    ("kb-max-bytes-ceiling", KB.replace("text_field: q}}", "text_field: q, max_bytes: 268435457}}").format(extra=""),
+     5, "spec.source.max_bytes", "less than or equal to 268435456"),
     ("kb-no-documents", KB.replace("data/*.jsonl", "kb/*.md").format(extra=""),
      5, "spec.source.path", "'kb/*.md' matches no file"),
     ("kb-gate-metric", KB.format(extra="  evaluation:\n    queries: {path: data/x.jsonl}\n    thresholds:\n"

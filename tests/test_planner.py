@@ -252,3 +252,6 @@ def test_apply_order_puts_dependencies_first_and_serving_after_the_builds():
     serving = [key for key in order if key.startswith("Deployment/")]
     assert serving and order[-len(serving):] == serving, "a Deployment came before a build it does not need"
     assert order == topological_order(dict(reversed(by_key.items()))), "the order depends on load order"
+    # The gate a deployment waits for runs before the comparison nothing waits for (which then
+    # reuses the gate's answers).
+    assert order.index("Evaluation/support-gate") < order.index("Evaluation/rag-comparison")

@@ -84,7 +84,7 @@ def _run(resource: Resource, ctx: ApplyContext, fingerprint: str, contenders: li
     runs = run_on_cluster(
         ctx.project, ctx.store.root, [c for c in loaded if c.role in scored], suites, spec.generation,
         spec.repeats, spec.gpus, spec.cpus, run_name=f"{resource.name}-{fingerprint[:12]}",
-        answers_dir=_answers_dir(ctx),
+        answers_dir=_answers_dir(ctx), reuse_answers=not _reports_latency(spec),
     )
     if reused := _reused(runs):
         total = sum(len(run.outputs) for run in _all_runs(runs))
@@ -99,6 +99,14 @@ def _all_runs(runs: dict) -> list:
 
 def _reused(runs: dict) -> int:
     return sum(run.reused for run in _all_runs(runs))
+
+
+def _reports_latency(spec) -> bool:
+    """A latency is measured now, not remembered: such an evaluation decodes everything itself."""
+    from ..evaluation.metrics import NOT_DETERMINISTIC
+
+    asked = set(spec.metric_names()) | (set(spec.regression.metric_names()) if spec.regression else set())
+    return bool(asked & NOT_DETERMINISTIC)
 
 
 def _answers_dir(ctx: ApplyContext) -> Path | None:

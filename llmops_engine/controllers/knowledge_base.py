@@ -29,7 +29,8 @@ class KnowledgeBaseController(BaseController):
         from ..knowledge.index import Index, build_index
 
         spec = resource.spec
-        documents = read_documents(ctx.root, spec.source.path, spec.source.text_field, spec.source.max_bytes)
+        documents = read_documents(ctx.root, spec.source.path, spec.source.text_field, spec.source.max_bytes,
+                                   skip_dirs=ctx.project.engine_dirs())
         chunks = [c for d in documents for c in chunk_document(d, spec.chunking.max_chars, spec.chunking.overlap)]
         embedder = load_embedder(spec.embedder)
         stats = build_index(staging, chunks, embedder, _previous_index(resource, ctx))

@@ -15,20 +15,24 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DataError
-from ..paths import match_files
+from ..paths import excluding, match_files
 from ..specs.dataset import Source
 
 Row = dict
 
 
 def source_files(root: Path, source: Source) -> list[Path]:
-    """The files a source names, sorted; an error if there are none, or if any lies outside the repository."""
+    """The files a source names, sorted; an error if there are none, or if any lies outside the
+    repository. The engine's own output (its state, a local store) is never a source."""
+    from ..project import load_project
+
     matches = match_files(root, source.path)
     if matches.problem:
         raise DataError(f"spec.source.path: {matches.problem}")
-    if not matches.files:
+    files = excluding(matches.files, load_project(root).engine_dirs())
+    if not files:
         raise DataError(f"source '{source.path}' matches no file under {root}; check spec.source.path")
-    return list(matches.files)
+    return files
 
 
 def read_rows(root: Path, source: Source) -> Iterator[Row]:

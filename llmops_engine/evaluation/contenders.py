@@ -69,8 +69,10 @@ def variants(resource: Resource, ctx: ApplyContext, cand: Contender) -> list[Con
         if variant.model == "base":
             contender = replace(base_of(cand, ctx), role=variant.name)
         elif is_model_ref(variant.model):
+            # Another model: asked with the candidate's prompt, through its own chat template.
             ref = _absolute_ref(variant.model, ctx)
-            contender = Contender(variant.name, f"base:{ref}", cand.template, cand.template_hash, base_ref=ref)
+            template = {**cand.template, "chat_template": None}
+            contender = Contender(variant.name, f"base:{ref}", template, cand.template_hash, base_ref=ref)
         else:
             key = f"TuningJob/{variant.model}"
             contender = _trained(variant.name, ctx.fingerprint(key), ctx.artifact_dir(key), ctx.store.url)

@@ -20,7 +20,7 @@ from ..errors import EvaluationError, LLMOpsError
 from ..project import Project
 from ..specs.evaluation import Generation
 from ..specs.prompt import PromptSpec
-from .answers import AnswerBook, decode_key, loss_key
+from .answers import AnswerBook, decode_key, loss_key, model_identity
 from .contenders import Contender
 from .metrics import ModelRun
 
@@ -66,6 +66,7 @@ def run_on_cluster(
     cpus: int,
     run_name: str,
     answers_dir: Path | None = None,
+    reuse_answers: bool = True,
 ) -> dict[str, dict[str, list[ModelRun]]]:
     """suite -> role -> one ModelRun per repeat. Raises EvaluationError when the task fails."""
     import ray
@@ -84,7 +85,7 @@ def run_on_cluster(
     jobs = [asdict(c) for c in contenders]
     try:
         pending = task.remote(jobs, questions, expected, generation.model_dump(), repeats, gpus > 0, str(store_root), cpus,
-                              str(answers_dir) if answers_dir else None)
+                              str(answers_dir) if answers_dir else None, reuse_answers)
         raw = ray.get(pending)
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, Exception) else exc
@@ -117,9 +118,11 @@ def score_contenders(
     store_root: str,
     cpus: int = 1,
     answers_dir: str | None = None,
+    reuse_answers: bool = True,
 ) -> dict[str, dict[str, list[dict]]]:
     """suite -> role -> one raw run per repeat; `questions` is suite -> {roles, examples}.
-    With `answers_dir`, answers given before are reused and new ones kept (answers.py)."""
+    With `answers_dir`, new answers are kept there and, with `reuse_answers`, earlier ones
+    reused (answers.py)."""
     import torch
 
     # Ray's OMP_NUM_THREADS reaches only a fresh worker, and a reused one keeps the torch threads it
@@ -131,7 +134,7 @@ def score_contenders(
         contender = Contender(**job)
         model = _load(contender, device, Path(store_root))
         retriever = _retriever(contender)
-        book = AnswerBook(Path(answers_dir), model.version) if answers_dir else None
+        book = _book(answers_dir, reuse_answers, model, contender)
         for suite, asked in questions.items():
             if contender.role in asked["roles"]:
                 examples, sources = _grounded(asked["examples"], retriever, contender.knowledge)
@@ -142,6 +145,12 @@ def score_contenders(
             book.save()
         del model  # one model in memory at a time
     return results
+
+
+def _book(answers_dir: str | None, reuse: bool, model, contender: Contender) -> AnswerBook | None:
+    if not answers_dir:
+        return None
+    return AnswerBook(Path(answers_dir), model_identity(model.version, contender.model_dir), reuse)
 
 
 def _retriever(contender: Contender):
@@ -213,8 +222,8 @@ def _decode(model, prompts: list[str], generation: dict, seed: int, book: Answer
         top_p=generation["top_p"],
         seed=seed,
     )
-    keys = [decode_key(model.version, model.device, threads, generation, seed, p) if book else None for p in prompts]
-    answers: list[dict | None] = [book.get(key) if book else None for key in keys]
+    keys = [decode_key(book.identity, model.device, threads, generation, p) if book else None for p in prompts]
+    answers: list[dict | None] = [book.answer(key) if book else None for key in keys]
     missing = [at for at, answer in enumerate(answers) if answer is None]
     if missing:
         model.generate(prompts[missing[0]:missing[0] + 1], **{**settings, "max_new_tokens": 1})  # warm-up, not timed
@@ -233,8 +242,8 @@ def _decode(model, prompts: list[str], generation: dict, seed: int, book: Answer
 
 
 def _losses(model, prompts: list[str], expected: list[str], size: int, book: AnswerBook | None = None) -> list[float]:
-    keys = [loss_key(model.version, model.device, p, e) for p, e in zip(prompts, expected)]
-    losses: list[float | None] = [(book.get(key) or {}).get("loss") if book else None for key in keys]
+    keys = [loss_key(book.identity, model.device, p, e) if book else None for p, e in zip(prompts, expected)]
+    losses: list[float | None] = [book.loss(key) if book else None for key in keys]
     missing = [at for at, loss in enumerate(losses) if loss is None]
     for start in range(0, len(missing), size):
         batch = missing[start : start + size]

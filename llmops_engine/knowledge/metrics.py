@@ -21,6 +21,9 @@ from .problems import Problems
 
 RETRIEVAL_METRICS = ("hit_at_k", "mrr", "recall_at_k")
 MAX_QUERY_FILE_BYTES = 50_000_000
+# The gate searches the index once per question at every apply: 10,000 is far past what a
+# stable metric needs (a few hundred) and keeps a hostile question file from stalling apply.
+MAX_QUERIES = 10_000
 _ROW_SUFFIX = re.compile(r"#L\d+$")
 
 
@@ -57,16 +60,20 @@ def read_queries(root: Path, path: str, known_sources: set[str]) -> list[dict]:
     knowledge base, or a JSONL file whose rows are. Every problem is collected, then raised once.
     """
     file = _query_file(root, path)
-    documents = set(known_sources) | {_ROW_SUFFIX.sub("", source) for source in known_sources}
+    files = {_ROW_SUFFIX.sub("", source) for source in known_sources}  # did-you-mean candidates: one per file
+    documents = set(known_sources) | files
     problems = Problems(f"in the question file {path}")
     queries = []
     for number, raw in enumerate(file.read_bytes().splitlines(), start=1):
         try:
             line = decode_text(raw)
             if line.strip():
-                queries.append({**_query(line, documents, problems.full), "line": number})
+                queries.append({**_query(line, documents, () if problems.full else files), "line": number})
         except KnowledgeBaseError as exc:
             problems.add(f"{path}:{number}: {exc}")
+        if len(queries) > MAX_QUERIES:  # bad lines cost no search, and their list is bounded already
+            raise KnowledgeBaseError(f"{path}:{number}: over {MAX_QUERIES:,} questions (MAX_QUERIES); the gate "
+                                     "searches once per question at every apply: keep a sample of at most that many")
     if not queries and not problems.messages:
         problems.add(f"{path}: no questions; write one JSON object per line, "
                      '{"question": "...", "source": "<document path>"}')
@@ -88,8 +95,9 @@ def _query_file(root: Path, path: str) -> Path:
     return file
 
 
-def _query(line: str, documents: set[str], terse: bool) -> dict:
-    """One line's question and expected sources; `terse` skips the did-you-mean search (nobody will read it)."""
+def _query(line: str, documents: set[str], suggestions: Collection[str]) -> dict:
+    """One line's question and expected sources; an unknown source's did-you-mean is among `suggestions`
+    (empty once the problem list is full: nobody will read it)."""
     row = json_object(line)
     question, source = row.get("question"), row.get("source")
     if not isinstance(question, str) or not question.strip():
@@ -99,11 +107,11 @@ def _query(line: str, documents: set[str], terse: bool) -> dict:
         raise KnowledgeBaseError("'source' must be a document path or a non-empty list of them")
     unknown = [s for s in sources if s not in documents]
     if unknown:
-        raise KnowledgeBaseError("; ".join(_unknown_source(s, documents, terse) for s in unknown))
+        raise KnowledgeBaseError("; ".join(_unknown_source(s, suggestions) for s in unknown))
     return {"question": question, "sources": sorted(set(sources))}
 
 
-def _unknown_source(source: str, documents: set[str], terse: bool) -> str:
+def _unknown_source(source: str, suggestions: Collection[str]) -> str:
     message = f"source '{source}' is not a document of this knowledge base"
-    close = [] if terse else difflib.get_close_matches(source, documents, n=1)
+    close = difflib.get_close_matches(source, suggestions, n=1)
     return message + (f"; did you mean '{close[0]}'?" if close else "")

@@ -9,19 +9,25 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from .base import FieldError, KindSpec, PathInput, StrictModel
 
 EMBEDDER_REF = r"^(builtin:(wordllama-256|minilm-l6)|hf:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)$"
 RetrievalMetric = Literal["hit_at_k", "mrr", "recall_at_k"]
 DOCUMENT_TYPES = ".md .markdown .txt .html .htm .pdf .jsonl"
+# One document is held in memory whole, with its extracted text and chunks beside it; 256 MiB of
+# text is far past any single manual or export a knowledge base needs, and bounds that peak.
+MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
 
 
 class Source(StrictModel):
     path: str = Field(description=f"Repository-relative file or glob of documents ({DOCUMENT_TYPES}).")
     text_field: str = Field(default="text", min_length=1, description="For .jsonl documents: the field holding each row's text.")
-    max_bytes: PositiveInt = Field(default=50_000_000, description="A larger document is an error (it is not read).")
+    max_bytes: PositiveInt = Field(
+        default=50_000_000, le=MAX_DOCUMENT_BYTES,
+        description="A larger document (or PDF text) is an error: it is not read. At most 256 MiB.",
+    )
 
 
 class Chunking(StrictModel):
@@ -71,6 +77,15 @@ class KnowledgeBaseSpec(KindSpec):
     index: Index = Field(default_factory=Index)
     retrieval: Retrieval = Field(default_factory=Retrieval)
     evaluation: RetrievalGate | None = Field(default=None, description="A retrieval gate run at apply.")
+
+    @field_validator("embedder")
+    @classmethod
+    def _no_relative_segments(cls, value: str) -> str:
+        # '.' and '..' fit the name pattern but name no Hugging Face repo: refuse them here, not as a
+        # misleading cache miss at apply.
+        if value.startswith("hf:") and {".", ".."} & set(value[3:].split("/")):
+            raise ValueError(f"'{value}' has a '.' or '..' segment; write hf:<org>/<name> of a Hugging Face repo")
+        return value
 
     def path_inputs(self) -> list[PathInput]:
         paths = [PathInput(self.source.path, ("source", "path"), must_exist=True)]
