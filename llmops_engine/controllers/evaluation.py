@@ -89,7 +89,7 @@ def _run(resource: Resource, ctx: ApplyContext, fingerprint: str, contenders: li
     if reused := _reused(runs):
         total = sum(len(run.outputs) for run in _all_runs(runs))
         ctx.report(f"{resource.key}: {reused} of {total} answers reused from earlier evaluations "
-                   "(same model version, prompt and greedy settings)")
+                   "(same model, prompt and greedy settings)")
     return runs
 
 
