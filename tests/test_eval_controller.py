@@ -212,3 +212,19 @@ def test_a_variant_on_another_model_keeps_the_prompt_but_not_the_candidates_chat
     assert other.template["chat_template"] is None and other.template["template"] == "{instruction}"
     assert other_chat.template["chat_template"] is None
     assert base.template["chat_template"] == "{{ tuned through this }}"  # the same family keeps it
+
+
+@pytest.mark.parametrize("scenario, thresholds, metrics, regression, reports", [
+    ("quality only", [{"metric": "rouge_l", "min": 0.1}], [], None, False),
+    ("a latency threshold", [{"metric": "latency_p95_ms", "max": 1000}], [], None, True),
+    ("latency reported, not gated", [{"metric": "rouge_l", "min": 0.1}], ["latency_p50_ms"], None, True),
+    ("latency on the regression set", [{"metric": "rouge_l", "min": 0.1}], [],
+     {"dataset": "g", "metrics": ["latency_p95_ms"]}, True),
+])
+def test_an_evaluation_that_reports_latency_decodes_everything_itself(scenario, thresholds, metrics, regression, reports):
+    from llmops_engine.controllers.evaluation import _reports_latency
+
+    spec = {"model": "t", "dataset": "d", "thresholds": thresholds, "metrics": metrics}
+    if regression:
+        spec["regression"] = regression
+    assert _reports_latency(resource("Evaluation", "ev", **spec).spec) is reports, scenario
