@@ -100,6 +100,21 @@ class KnowledgeBaseError(ControllerError):
     """Reading, chunking, embedding or indexing a knowledge base failed; the previous index keeps serving."""
 
 
+class ProviderError(ControllerError):
+    """A provider (hosted OpenAI-compatible model) failed or refused a call. `code` is the OpenAI-style
+    error code given to callers; `status` the upstream HTTP status (None: no HTTP answer);
+    `client_fault`: the request itself was refused (400/413/422), so no fallback can help."""
+
+    def __init__(self, message: str, code: str, status: int | None = None, client_fault: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.client_fault = client_fault
+
+    def __reduce__(self):  # the error crosses process boundaries (Serve replicas, eval tasks) via pickle
+        return type(self), (str(self), self.code, self.status, self.client_fault)
+
+
 class GateFailed(ControllerError):
     """An evaluation ran and its thresholds were not met (or the gate has no result for a model).
 

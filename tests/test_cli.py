@@ -75,7 +75,7 @@ def test_schema_command_writes_schema(tmp_path):
     out = tmp_path / "s.json"
     assert invoke("schema", "--out", out).exit_code == 0
     schema = json.loads(out.read_text())
-    assert set(schema["properties"]["kind"]["enum"]) == {"Dataset", "Prompt", "KnowledgeBase", "TuningJob", "Evaluation", "Deployment"}
+    assert set(schema["properties"]["kind"]["enum"]) == {"Dataset", "Prompt", "KnowledgeBase", "Provider", "TuningJob", "Evaluation", "Deployment"}
 
 
 def test_init_scaffolds_a_valid_project(tmp_path):

@@ -233,7 +233,7 @@ CASES = [
     ("base-model-gated", DEPLOYMENT.format(name="dep", extra="").replace("model: t", "model: builtin:tiny-llama")
      .replace("gate: null", "gate: ev"), 7, "spec.gate", "write gate: null"),
     ("provider-model", DEPLOYMENT.format(name="dep", extra="").replace("model: t", "model: provider:gw/small"),
-     5, "spec.model", "neither a TuningJob name nor a model ref"),
+     5, "spec.model", "no Provider named 'gw'"),
     ("context-without-kb", RAG_PROMPT + "---\n" + DEPLOYMENT.format(name="dep", extra="  allow_prompt_mismatch: true\n")
      .replace("prompt: p", "prompt: rag"), 12, "spec.prompt", "uses {context}, which only a knowledge base fills"),
     ("kb-without-context", KB.format(extra="") + "---\n" + DEPLOYMENT.format(name="dep", extra="  knowledge_base: docs\n"),

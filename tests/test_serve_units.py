@@ -267,14 +267,16 @@ def test_a_key_valid_for_no_deployment_learns_nothing():
 
 
 @pytest.mark.parametrize("body, answer", [
-    (b'{"model": "a", "prompt": "hi"}', "a"),
+    (b'{"model": "a", "prompt": "hi"}', ("a", False)),
+    (b'{"model": "a", "prompt": "hi", "stream": true}', ("a", True)),
+    (b'{"model": "a", "prompt": "hi", "stream": "yes"}', ("a", False)),  # the ingress refuses it as a 400
     (b"not json", "400 invalid_json"),
     (b"[" * 60000, "400 invalid_json"),  # nesting deeper than the parser's recursion limit
     (b'["a"]', "400 invalid_request"),
     (b'{"model": 5}', "400 invalid_request"),
     (b'{"prompt": "hi"}', "400 invalid_request"),
 ])
-def test_the_gateway_reads_only_model_and_refuses_bodies_without_one(body, answer):
+def test_the_gateway_reads_only_model_and_stream_and_refuses_bodies_without_a_model(body, answer):
     from llmops_engine.serving.gateway import requested_model
 
     try:

@@ -18,6 +18,7 @@ BUILTIN = {
     "Prompt": "llmops_engine.controllers.prompt:PromptController",
     "Dataset": "llmops_engine.controllers.dataset:DatasetController",
     "KnowledgeBase": "llmops_engine.controllers.knowledge_base:KnowledgeBaseController",
+    "Provider": "llmops_engine.controllers.provider:ProviderController",
     "TuningJob": "llmops_engine.controllers.tuning:TuningController",
     "Evaluation": "llmops_engine.controllers.evaluation:EvaluationController",
     "Deployment": "llmops_engine.controllers.deployment:DeploymentController",

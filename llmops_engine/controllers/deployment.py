@@ -64,6 +64,8 @@ class DeploymentController(BaseController):
 
         spec = resource.spec
         knowledge = _knowledge(resource, ctx)
+        if spec.serves_provider():
+            return self._relayed(resource, ctx, knowledge)
         # A tuned model is asked its own way (template.json) unless the spec says otherwise.
         own_prompt = not (spec.serves_base_model() or knowledge or spec.allow_prompt_mismatch)
         prompt = None if own_prompt else _served_prompt(resource, ctx)
@@ -83,6 +85,24 @@ class DeploymentController(BaseController):
         version = fingerprint[:12] if own_prompt else _identity(fingerprint, prompt, knowledge)[:12]
         return ModelRef(version=version, fingerprint=fingerprint, path=str(model_dir), store_url=ctx.store.url,
                         prompt=prompt, knowledge=knowledge, fault_error_rate=self.fault_error_rate)
+
+    def _relayed(self, resource: Resource, ctx: ApplyContext, knowledge: dict | None):
+        """A prompt-only version: the provider's model asked with the Deployment's Prompt, then its
+        fallbacks; refused unless the provider lists every provider model of the chain now."""
+        from ..serving.config import ModelRef
+        from .provider import require_listed, upstream_of
+
+        spec = resource.spec
+        prompt = _served_prompt(resource, ctx)
+        upstream = upstream_of(spec.model, ctx.resources)
+        fallbacks = [_fallback(model, prompt, ctx) for model in spec.fallbacks]
+        require_listed([upstream] + [upstream_of(m, ctx.resources) for m in spec.fallbacks if m.startswith("provider:")])
+        _check_provider_gate(resource, ctx, upstream)
+        fallback_json = [f.to_json() for f in fallbacks]
+        identity = _identity(json.dumps([upstream.to_json(), fallback_json], sort_keys=True), prompt, knowledge)
+        return ModelRef(version=identity[:12], fingerprint=identity, prompt=prompt, knowledge=knowledge,
+                        upstream=upstream.to_json(), fallbacks=fallback_json, label=upstream.label,
+                        fault_error_rate=self.fault_error_rate)
 
     def delete(self, record: ResourceRecord, ctx: ApplyContext) -> None:
         from ..serving.deploy import undeploy
@@ -117,12 +137,25 @@ class DeploymentController(BaseController):
             return f"live app differs: serves model version {routing.live_version}, expected {expected}"
         if _keys_changed(record, config):
             return f"live app differs: the API keys in ${record.spec['auth']['api_keys_env']} changed"
+        if rotated := _provider_keys_rotated(config):
+            return f"live app differs: the provider key in ${rotated} changed"
         routed = gateway_entries_of((apps.get(GATEWAY_APP) or {}).get("deployed_app_config")).get(record.name)
         if routed is None or expected not in routed.get("model_ids", ()):
             return f"live app differs: the gateway does not route '{record.name}' (model version {expected})"
         if config_digest(config) != record.outputs.get("serve_config_digest"):
             return "live app differs: its Serve config was changed outside llmops"
-        return None
+        return _provider_drift(record, project)
+
+
+def _provider_drift(record: ResourceRecord, project: Project) -> str | None:
+    """A served provider model (or provider fallback) that its provider stopped listing."""
+    from ..providers.client import Upstream
+    from .provider import unlisted_drift
+
+    served = record.outputs.get("served") or {}
+    chain = [served] + list(served.get("fallbacks") or [])
+    upstreams = [Upstream.from_json(ref["upstream"]) for ref in chain if ref.get("upstream")]
+    return unlisted_drift(upstreams, project) if upstreams else None
 
 
 def _is_loopback(url: str) -> bool:
@@ -139,10 +172,44 @@ def _check_gate(resource: Resource, ctx: ApplyContext, fingerprint: str) -> None
         result = ctx.outputs_of(key)
     except KeyError as exc:
         raise GateFailed(f"{key} has no result for the current model; apply it before {resource.key}") from exc
+    shown = fingerprint if fingerprint.startswith("provider:") else fingerprint[:12]
     if result.get("model_fingerprint") != fingerprint:
-        raise GateFailed(f"{key} evaluated another model version than {fingerprint[:12]}; re-apply the evaluation")
+        raise GateFailed(f"{key} evaluated another model version than {shown}; re-apply the evaluation, or gate "
+                         "with one that scores this model")
     if not result.get("passed"):
-        raise GateFailed(f"model version {fingerprint[:12]} did not pass {key}; nothing changed live")
+        raise GateFailed(f"model version {shown} did not pass {key}; nothing changed live")
+
+
+def _fallback(model: str, prompt: dict, ctx: ApplyContext):
+    """A ModelRef that answers when the provider fails: another provider's model (asked with the
+    Deployment's Prompt), a model ref (ditto) or a TuningJob's published model (asked its own way)."""
+    from ..serving.config import ModelRef
+    from ..specs.tuning import is_model_ref
+    from .provider import upstream_of
+
+    if model.startswith("provider:"):
+        upstream = upstream_of(model, ctx.resources)
+        return ModelRef(version=upstream.label, prompt=prompt, upstream=upstream.to_json(), label=upstream.label)
+    if is_model_ref(model):
+        ref = _absolute_ref(model, ctx)
+        return ModelRef(version=_identity(ref, prompt, None)[:12], base=ref, store_root=str(ctx.store.root),
+                        prompt=prompt, label=model)
+    key = f"TuningJob/{model}"
+    fingerprint = ctx.fingerprint(key)
+    model_dir = ctx.artifact_dir(key)
+    if not model_dir.is_dir():
+        raise DeploymentError(f"the fallback {key} ({fingerprint[:12]}) has no published model; apply it first")
+    return ModelRef(version=fingerprint[:12], fingerprint=fingerprint, path=str(model_dir), store_url=ctx.store.url,
+                    label=f"{model} ({fingerprint[:12]})")
+
+
+def _check_provider_gate(resource: Resource, ctx: ApplyContext, upstream) -> None:
+    """A gated provider deployment serves the model its Evaluation scored: the same alias, pinned
+    to the same upstream id."""
+    from ..evaluation.contenders import provider_label
+
+    if resource.spec.gate is not None:
+        _check_gate(resource, ctx, provider_label(upstream))
 
 
 def _check_prompt(resource: Resource, ctx: ApplyContext, model_key: str) -> None:
@@ -235,9 +302,27 @@ def _keys_changed(record: ResourceRecord, config: dict) -> bool:
     return sorted(hash_key(k) for k in keys) != sorted(live)
 
 
+def _provider_keys_rotated(config: dict) -> str | None:
+    """The env var of a provider key whose value here differs from the one the live replicas hold
+    (compared in memory, never shown), or None."""
+    import hmac
+
+    from ..serving.config import OFFLINE_ENV
+
+    for deployment in config.get("deployments", []):
+        live = ((deployment.get("ray_actor_options") or {}).get("runtime_env") or {}).get("env_vars") or {}
+        for name, value in live.items():
+            here = os.environ.get(name)
+            if name not in OFFLINE_ENV and here and not hmac.compare_digest(str(value).encode(), here.encode()):
+                return name
+    return None
+
+
 def _write_artifacts(staging: Path, config: dict, outcome) -> None:
-    # The applied Serve config, minus the key hashes (not secret, but nobody needs them).
-    redacted = json.loads(json.dumps(config))
+    from ..serving.config import redacted as without_keys
+
+    # The applied Serve config, minus provider keys and the key hashes (not secret, but nobody needs them).
+    redacted = without_keys(config)
     for deployment in redacted["deployments"]:
         user_config = deployment.get("user_config") or {}
         if user_config.get("api_key_sha256") is not None:

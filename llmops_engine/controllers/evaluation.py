@@ -17,6 +17,7 @@ from ..errors import GateFailed
 from ..evaluation import contenders as pick
 from ..evaluation.contenders import Contender
 from ..evaluation.gates import REGRESSION_PREFIX, table
+from ..evaluation.metrics import ModelRun
 from ..evaluation.outcome import REGRESSION_ROLES, Outcome, assess
 from ..evaluation.report import comparison_table, write_results
 from ..specs.resource import Resource
@@ -81,11 +82,20 @@ def _run(resource: Resource, ctx: ApplyContext, fingerprint: str, contenders: li
     ctx.report(f"{resource.key}: scoring " + "; ".join(
         f"{', '.join(s.roles)} on {len(s.examples)} {s.name} examples" for s in suites
     ))
-    runs = run_on_cluster(
-        ctx.project, ctx.store.root, [c for c in loaded if c.role in scored], suites, spec.generation,
-        spec.repeats, spec.gpus, spec.cpus, run_name=f"{resource.name}-{fingerprint[:12]}",
-        answers_dir=_answers_dir(ctx), reuse_answers=not _reports_latency(spec),
-    )
+    local = [c for c in loaded if c.role in scored and c.upstream is None]
+    hosted = [c for c in loaded if c.role in scored and c.upstream is not None]
+    runs: dict = {s.name: {} for s in suites}
+    if local:
+        runs = run_on_cluster(
+            ctx.project, ctx.store.root, local, suites, spec.generation,
+            spec.repeats, spec.gpus, spec.cpus, run_name=f"{resource.name}-{fingerprint[:12]}",
+            answers_dir=_answers_dir(ctx), reuse_answers=not _reports_latency(spec),
+        )
+    if hosted:
+        from ..evaluation.hosted import score_hosted
+
+        for suite, by_role in score_hosted(hosted, suites, spec.generation.model_dump(), spec.repeats).items():
+            runs.setdefault(suite, {}).update({role: [ModelRun(**r) for r in raw] for role, raw in by_role.items()})
     if reused := _reused(runs):
         total = sum(len(run.outputs) for run in _all_runs(runs))
         ctx.report(f"{resource.key}: {reused} of {total} answers reused from earlier evaluations "

@@ -29,10 +29,20 @@ class Contender:
     base_ref: str | None = None  # ... or an untuned base model (builtin:, hf:, path:)
     store_url: str | None = None  # where a worker without model_dir fetches it (by label = fingerprint)
     knowledge: dict | None = None  # a knowledge base's published index (controllers/knowledge_base.published_index)
+    upstream: dict | None = None  # ... or a provider's model (providers.client.Upstream), asked over HTTP
+
+
+def provider_label(upstream) -> str:
+    """A provider model's identity in gates and reports: its ref and the upstream id it is pinned to
+    (what a Deployment checks its gate's result against)."""
+    return f"{upstream.label}@{upstream.model}"
 
 
 def candidate(resource: Resource, ctx: ApplyContext) -> Contender:
     spec = resource.spec
+    if spec.is_provider_model():
+        prompt = ctx.resources[f"Prompt/{spec.prompt}"].spec
+        return _hosted("candidate", spec.model, prompt.saved(), prompt.template_hash(), ctx)
     if spec.model.startswith("base:"):
         prompt = ctx.resources[f"Prompt/{spec.prompt}"].spec
         template = prompt.saved()
@@ -68,6 +78,9 @@ def variants(resource: Resource, ctx: ApplyContext, cand: Contender) -> list[Con
     for variant in resource.spec.variants:
         if variant.model == "base":
             contender = replace(base_of(cand, ctx), role=variant.name)
+        elif variant.provider() is not None:
+            contender = _hosted(variant.name, variant.model, {**cand.template, "chat_template": None},
+                                cand.template_hash, ctx)
         elif is_model_ref(variant.model):
             # Another model: asked with the candidate's prompt, through its own chat template.
             ref = _absolute_ref(variant.model, ctx)
@@ -119,6 +132,15 @@ def _trained(role: str, fingerprint: str, model_dir: Path, store_url: str) -> Co
         role, fingerprint, {k: template.get(k) for k in TEMPLATE_KEYS}, template.get("template_hash", ""),
         model_dir=str(model_dir), store_url=store_url,
     )
+
+
+def _hosted(role: str, ref: str, template: dict, template_hash: str, ctx: ApplyContext) -> Contender:
+    """A provider's model, asked over HTTP with `template` rendered as chat messages."""
+    from ..controllers.provider import upstream_of
+
+    upstream = upstream_of(ref, ctx.resources)
+    return Contender(role, provider_label(upstream), {k: template.get(k) for k in TEMPLATE_KEYS}, template_hash,
+                     upstream=upstream.to_json())
 
 
 def base_of(cand: Contender, ctx: ApplyContext) -> Contender:

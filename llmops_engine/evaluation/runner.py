@@ -76,7 +76,7 @@ def run_on_cluster(
     connect(project)
     check_fits({"CPU": cpus, "GPU": gpus}, "the evaluation task", project.ray_address() is None,
                "Lower the Evaluation's cpus")
-    questions = {s.name: {"roles": s.roles, "losses": s.losses, "examples": [_question(e) for e in s.examples]}
+    questions = {s.name: {"roles": s.roles, "losses": s.losses, "examples": [question(e) for e in s.examples]}
                  for s in suites}
     expected = {s.name: [e["output"] for e in s.examples] for s in suites}
     task = ray.remote(score_contenders).options(
@@ -98,7 +98,7 @@ def run_on_cluster(
     }
 
 
-def _question(example: dict) -> dict:
+def question(example: dict) -> dict:
     return {"instruction": example["instruction"], "input": example.get("input") or ""}
 
 
@@ -133,11 +133,11 @@ def score_contenders(
     for job in jobs:
         contender = Contender(**job)
         model = _load(contender, device, Path(store_root))
-        retriever = _retriever(contender)
+        retriever = open_retriever(contender)
         book = _book(answers_dir, reuse_answers, model, contender)
         for suite, asked in questions.items():
             if contender.role in asked["roles"]:
-                examples, sources = _grounded(asked["examples"], retriever, contender.knowledge)
+                examples, sources = grounded(asked["examples"], retriever, contender.knowledge)
                 prompts = [render(contender.template, example, model.chat) for example in examples]
                 runs = _runs(model, prompts, expected[suite], generation, repeats, asked["losses"], book, cpus)
                 results[suite][contender.role] = [{**run, "sources": sources} for run in runs]
@@ -153,7 +153,7 @@ def _book(answers_dir: str | None, reuse: bool, model, contender: Contender) -> 
     return AnswerBook(Path(answers_dir), model_identity(model.version, contender.model_dir), reuse)
 
 
-def _retriever(contender: Contender):
+def open_retriever(contender: Contender):
     if contender.knowledge is None:
         return None
     from ..knowledge.index import Index
@@ -163,7 +163,7 @@ def _retriever(contender: Contender):
     return Index.open(object_on_this_node(where.get("store_url"), where["fingerprint"], where["path"]))
 
 
-def _grounded(examples: list[dict], retriever, knowledge: dict | None) -> tuple[list[dict], list[list[str]] | None]:
+def grounded(examples: list[dict], retriever, knowledge: dict | None) -> tuple[list[dict], list[list[str]] | None]:
     """Each example with the chunks retrieved for its question as `context` (as a grounded
     deployment's slot does per request), and the retrieved chunk ids per example."""
     if retriever is None:

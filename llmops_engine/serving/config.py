@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import DeploymentError
 from ..specs.deployment import GATEWAY_APP, GATEWAY_ROUTE
 
 IMPORT_PATH = "llmops_engine.serving.app:build"
@@ -49,6 +51,9 @@ class ModelRef:
     store_url: str | None = None  # where a replica without `path` on its node fetches it
     prompt: dict[str, Any] | None = None  # a saved Prompt asked instead of the model's own (base models, RAG)
     knowledge: dict[str, Any] | None = None  # a knowledge base's index (path, fingerprint, store_url, mode, top_k)
+    upstream: dict[str, Any] | None = None  # a provider's model (providers.client.Upstream), asked with `prompt`
+    fallbacks: list[dict[str, Any]] | None = None  # ModelRefs that answer, in order, when the upstream fails
+    label: str | None = None  # who answered, as responses say it (provider:gw/small, a TuningJob, a model ref)
     # Test-only fault injection: share of live (ingress-routed) requests that fail.
     fault_error_rate: float = 0.0
 
@@ -58,6 +63,19 @@ class ModelRef:
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "ModelRef | None":
         return cls(**data) if data else None
+
+    def chain(self) -> list["ModelRef"]:
+        """Who may answer, in order: this model, then its fallbacks."""
+        return [self] + [ModelRef(**fallback) for fallback in self.fallbacks or []]
+
+    def local_model(self) -> "ModelRef | None":
+        """The one model of the chain a replica loads (the others are providers), if any."""
+        return next((ref for ref in self.chain() if ref.upstream is None), None)
+
+    def key_env(self) -> list[str]:
+        """The environment variables holding the API keys of the chain's providers."""
+        names = [(ref.upstream or {}).get("api_key_env") for ref in self.chain()]
+        return sorted({name for name in names if name})
 
 
 @dataclass
@@ -87,7 +105,9 @@ class Routing:
         return {
             "primary": self.primary,
             "slots": {
-                slot: {"weight": self.weights.get(slot, 0), "version": m.version if (m := self.models[slot]) else None}
+                slot: {"weight": self.weights.get(slot, 0), "version": m.version if (m := self.models[slot]) else None,
+                       # a provider's answer is relayed as it streams in (ModelSlot.stream)
+                       **({"streams": True} if m and m.upstream else {})}
                 for slot in SLOTS
             },
         }
@@ -160,15 +180,41 @@ def _slot(spec: dict[str, Any], slot: str, model: ModelRef | None) -> dict[str, 
     return {
         "name": slot,
         **scaling,
-        # Twice a batch: one batch runs while the next one fills.
-        "max_ongoing_requests": 2 * batching["max_batch_size"],
-        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
+        # Twice a batch: one batch runs while the next one fills. A provider's calls only wait on
+        # the network: as many as the ingress takes.
+        "max_ongoing_requests": INGRESS_MAX_ONGOING if model and model.upstream else 2 * batching["max_batch_size"],
+        "ray_actor_options": {"num_cpus": REPLICA_CPUS, **_key_env(model)},
         "user_config": {
             "model": model.to_json() if model else None,
             "max_prompt_tokens": spec["limits"]["max_prompt_tokens"],
             "batching": batching,
         },
     }
+
+
+def _key_env(model: ModelRef | None) -> dict[str, Any]:
+    """A provider's API key reaches the replicas of the slot that calls it, and no other process:
+    their runtime env, read from the environment of the apply that deploys it."""
+    names = model.key_env() if model else []
+    if not names:
+        return {}
+    unset = [name for name in names if not os.environ.get(name)]
+    if unset:
+        raise DeploymentError(f"model version {model.version} calls a provider with the key in ${unset[0]}, which is "
+                              "unset or empty here; export it and apply again (nothing changed live)")
+    return {"runtime_env": {"env_vars": {**OFFLINE_ENV, **{name: os.environ[name] for name in names}}}}
+
+
+def redacted(app: dict[str, Any]) -> dict[str, Any]:
+    """An application config with the values of provider keys replaced by their names: what
+    artifacts, digests and messages may hold."""
+    copy = json.loads(json.dumps(app))
+    for deployment in copy.get("deployments", []):
+        env = ((deployment.get("ray_actor_options") or {}).get("runtime_env") or {}).get("env_vars") or {}
+        for name in list(env):
+            if name not in OFFLINE_ENV:
+                env[name] = f"<${name}>"
+    return copy
 
 
 # the gateway ---------------------------------------------------------------------
@@ -232,7 +278,7 @@ _COMPARED = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "user
 def config_digest(app: dict[str, Any]) -> str:
     """Digest of the parts of an application config the engine sets (stable across a
     round trip through Serve, which adds defaults to what it stores)."""
-    deployments = sorted(app.get("deployments", []), key=lambda d: d["name"])
+    deployments = sorted(redacted(app).get("deployments", []), key=lambda d: d["name"])
     essence = {
         "import_path": app.get("import_path"),
         "route_prefix": app.get("route_prefix"),

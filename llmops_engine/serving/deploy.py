@@ -163,7 +163,7 @@ def _restorable(store: ArtifactStore, served: dict[str, Any]) -> ModelRef:
     """The ModelRef that served before, with its store objects (model, index) checked and
     their paths as they are on this machine."""
     fields = {**served, "store_url": store.url}
-    if not served.get("base"):
+    if not (served.get("base") or served.get("upstream")):  # a provider version has no weights in the store
         fields["path"] = _object_path(store, served["fingerprint"], served["version"])
     if served.get("knowledge"):
         index = served["knowledge"]

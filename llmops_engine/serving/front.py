@@ -25,10 +25,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from . import logs
 from .access import FrontError
 from .metrics import Metrics
-from .openai_api import APIError
+from .openai_api import APIError, sse
 
 CLIENT_CLOSED = 499
-_END = object()
+STREAM_END = sse("[DONE]")  # every stream's last event
 
 
 class ClientGone(Exception):
@@ -61,7 +61,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
 
 
 # A route: given the request's log entry (it may set "deployment" and "log_path"), the
-# items of Ingress.respond: a head {status, entry, headers, body | stream: True}, then events.
+# items of Ingress.respond: a head {status, entry, headers, body | stream: True}, then events (SSE
+# strings, or {"entry": {...}} with what the log learns only at the end of a stream).
 Route = Callable[[dict[str, Any]], Awaitable[AsyncIterator[Any]]]
 
 
@@ -106,14 +107,15 @@ class Front:
     async def _events(self, items: AsyncIterator[Any], entry: dict[str, Any], started: float):
         complete = False
         try:
-            # One event ahead: a client may hang up as soon as it has the last one ([DONE]),
-            # before this generator would run again; the answer was complete all the same.
-            pending = await anext(items, _END)
-            while pending is not _END:
-                following = await anext(items, _END)
-                complete = following is _END
-                yield pending
-                pending = following
+            async for item in items:
+                if isinstance(item, dict):  # what the log learns at the end (a provider's usage)
+                    entry.update(item.get("entry") or {})
+                    continue
+                # Each event leaves as soon as it arrives (a provider's tokens are relayed as they come).
+                # A client may hang up as soon as it has [DONE], before this generator runs again:
+                # the answer was complete all the same.
+                complete = item == STREAM_END
+                yield item
         except (GeneratorExit, asyncio.CancelledError):
             raise  # the client left mid-stream and closed this generator: 499 below
         except Exception as exc:  # the server failed mid-stream: a 5xx, never hidden as a hang-up
@@ -139,7 +141,8 @@ class Front:
             self.metrics.observe_unauthenticated(entry["endpoint"])
             return
         self.metrics.observe(entry["deployment"] or "", entry.get("model_version") or "", entry["endpoint"],
-                             status, entry["latency_ms"] / 1000, entry["prompt_tokens"], entry["completion_tokens"])
+                             status, entry["latency_ms"] / 1000, entry["prompt_tokens"], entry["completion_tokens"],
+                             entry.get("answered_by"))
         if path:
             try:
                 logs.append(path, entry)

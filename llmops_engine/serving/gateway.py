@@ -8,15 +8,16 @@ As in every OpenAI-compatible multi-model server, `GET /v1/models` lists what th
 key may use, and `model` in the body picks the deployment (its name or a model id it
 advertises). The gateway holds only SHA-256 hashes of each deployment's keys (its
 user_config, rewritten on every Deployment apply and delete), so a key of deployment A
-never opens deployment B. It forwards the raw body to the chosen ingress's `respond`
-through a streaming handle; per-slot routing and canary bookkeeping stay in that ingress.
+never opens deployment B. It forwards the raw body to the chosen ingress: to `respond` through a
+streaming handle when the request streams, to `answer` (the same, in one unary call) when it does
+not; per-slot routing and canary bookkeeping stay in that ingress.
 
 No `from __future__ import annotations` (FastAPI reads annotations at runtime).
 """
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -38,8 +39,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(APIError(exc.status_code, str(exc.detail), None).body(), status_code=exc.status_code)
 
 
-def requested_model(body: bytes) -> str:
-    """Only `model` matters here; the ingress validates the rest."""
+def requested_model(body: bytes) -> tuple[str, bool]:
+    """`model`, and whether the request streams; the ingress validates the rest."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: a body of 60 k nested brackets
@@ -48,7 +49,12 @@ def requested_model(body: bytes) -> str:
     if not isinstance(model, str) or not model:
         raise FrontError(400, "`model` is required: the name of a deployment (see GET /v1/models)",
                          "invalid_request", "model")
-    return model
+    return model, data.get("stream") is True
+
+
+async def _replay(items: list[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
 
 
 @serve.deployment
@@ -106,13 +112,18 @@ class Gateway:
             mine = [self.deployments[name] for name in access.names]
             body = await read_body(request, max(e["max_body_bytes"] for e in mine),
                                    max(e["body_timeout_s"] for e in mine))
-            name = select(self.deployments, access, requested_model(body))
+            model, streams = requested_model(body)
+            name = select(self.deployments, access, model)
             target = self.deployments[name]
             entry.update(deployment=name, log_path=target["log_path"])
             if len(body) > target["max_body_bytes"]:
                 raise FrontError(413, f"request body is larger than {target['max_body_bytes']} bytes",
                                  "request_too_large")
-            return self._ingress(target["app"]).options(stream=True).respond.remote(endpoint, body, entry["id"], True)
+            ingress = self._ingress(target["app"])
+            if streams:
+                return ingress.options(stream=True).respond.remote(endpoint, body, entry["id"], True)
+            # A whole answer in one unary call: a streaming handle costs more per request.
+            return _replay(await ingress.answer.remote(endpoint, body, entry["id"], True))
 
         return await self.front.serve(endpoint, self.log_path, route)
 

@@ -15,6 +15,7 @@ No `from __future__ import annotations` here: FastAPI reads the route methods' a
 at runtime (a string "Request" would turn into a required query parameter).
 """
 
+import asyncio
 import random
 import re
 import time
@@ -32,11 +33,12 @@ from .access import MISSING_KEY, FrontError, bearer_key, key_matches
 from .config import SLOTS
 from .front import CLIENT_CLOSED, ClientGone, Front, read_body
 from .openai_api import (
-    APIError, ChatRequest, CompletionRequest, chat_response, chat_stream, completion_response,
+    APIError, ChatRequest, CompletionRequest, RelayedStream, chat_response, chat_stream, completion_response,
     completion_stream, validation_message,
 )
 
 OUTCOME_HISTORY = 20000
+ANSWERED_BY = "x-llmops-answered-by"
 
 
 def _pieces(text: str) -> list[str]:
@@ -79,12 +81,21 @@ class Ingress:
         return {"sequence": self.sequence,
                 "slots": {s: [o for o in self.outcomes[s] if o[0] > sequence] for s in SLOTS}}
 
+    async def answer(self, endpoint: str, body: bytes, rid: str, routed: bool) -> list[Any]:
+        """`respond`'s items in one piece, for a request that does not stream (the gateway's unary call)."""
+        return [item async for item in self.respond(endpoint, body, rid, routed)]
+
     async def respond(self, endpoint: str, body: bytes, rid: str, routed: bool) -> AsyncIterator[Any]:
         """One request: yields a head {status, entry, headers, body | stream: True}, then the
         SSE events of a stream. `routed`: the gateway already chose this deployment by `model`."""
         try:
             parsed = self._parse(body, endpoint, check_model=not routed)
-            slot, result = await self._dispatch(self._work(parsed, endpoint))
+            work, slot = self._work(parsed, endpoint), self._pick()
+            if parsed.stream and endpoint == "chat" and self._streams(slot):
+                async for item in self._relay(slot, work, parsed, rid):
+                    yield item
+                return
+            slot, result = await self._dispatch(work, slot)
         except APIError as exc:
             yield {"status": exc.status, "body": exc.body(), "entry": {"error": exc.code or exc.message[:200]}}
             return
@@ -96,15 +107,18 @@ class Ingress:
                  "prompt_tokens": sum(g["prompt_tokens"] for g in gens),
                  "completion_tokens": sum(g["completion_tokens"] for g in gens),
                  "finish_reason": [g["finish_reason"] for g in gens]}
-        sources = result.get("sources")
+        sources, answered_by = result.get("sources"), result.get("answered_by")
         if sources is not None:  # ids only: the documents' text never reaches the log
             entry["sources"] = [s["id"] for s in sources]
         if self.config.get("log_payloads"):
             entry.update(request=body.decode(errors="replace"), completion=[g["text"] for g in gens])
         model, headers = parsed.model, {"x-request-id": rid, "x-model-version": version}
+        if answered_by:  # a provider version: which model of its chain answered
+            entry["answered_by"] = headers[ANSWERED_BY] = answered_by
         if not parsed.stream:
             answer = chat_response(rid, model, gens[0], sources) if endpoint == "chat" else completion_response(rid, model, gens)
-            yield {"status": 200, "headers": headers, "body": answer, "entry": entry}
+            yield {"status": 200, "headers": headers, "body": {**answer, **({"answered_by": answered_by} if answered_by else {})},
+                   "entry": entry}
             return
         yield {"status": 200, "headers": headers, "stream": True, "entry": entry}
         if endpoint == "chat":
@@ -188,12 +202,53 @@ class Ingress:
             items = [{"prompt": p} for p in parsed.prompts()]
         return {"items": items, "params": params, "stops": parsed.stops(), "live": True}
 
-    async def _dispatch(self, work: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Run on a slot picked by weight; on failure of a non-primary slot, retry on the primary.
+    async def _relay(self, slot: str, work: dict[str, Any], parsed: ChatRequest, rid: str) -> AsyncIterator[Any]:
+        """A chat stream from a provider version, relayed chunk by chunk as the provider sends them
+        (RelayedStream in openai_api.py), then the usage the provider reported into the log entry.
+        Not retried on another slot: the version's fallbacks are its retry."""
+        started, version = time.monotonic(), self.config["slots"][slot]["version"]
+        items = self.handles[slot].options(stream=True).stream.remote(work)
+        try:
+            first = await anext(items)
+        except TaskCancelledError as exc:
+            raise ClientGone() from exc
+        except Exception as exc:  # noqa: BLE001 - the replica failed: counts against its version
+            self._outcome(slot, False, time.monotonic() - started)
+            raise APIError(500, f"model replica failed: {type(exc).__name__}", "server_error") from None
+        if "error" in first:
+            error = first["error"]
+            if error["status"] >= 500:  # the request's own 4xx is no evidence about the version
+                self._outcome(slot, False, time.monotonic() - started)
+            raise APIError(error["status"], error["message"], error["code"], error.get("param"))
+        head = first["head"]
+        sources, answered_by = head.get("sources"), head["answered_by"]
+        entry = {"deployment": self.config.get("deployment"), "model_version": version, "slot": slot,
+                 "answered_by": answered_by, **({"sources": [s["id"] for s in sources]} if sources is not None else {})}
+        headers = {"x-request-id": rid, "x-model-version": version, ANSWERED_BY: answered_by}
+        yield {"status": 200, "headers": headers, "stream": True, "entry": entry}
+        relay = RelayedStream(rid, parsed.model, parsed.include_usage(), sources, answered_by)
+        try:
+            async for item in items:
+                for event in relay.events(item, _pieces):
+                    yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            raise  # the client left mid-stream: no evidence about the version
+        except Exception:
+            self._outcome(slot, False, time.monotonic() - started)
+            raise
+        self._outcome(slot, not relay.failed, time.monotonic() - started)
+        yield {"entry": relay.totals()}
+        for event in relay.close():
+            yield event
+
+    def _streams(self, slot: str) -> bool:
+        return bool((self.config.get("slots") or {}).get(slot, {}).get("streams"))
+
+    async def _dispatch(self, work: dict[str, Any], slot: str) -> tuple[str, dict[str, Any]]:
+        """Run on `slot` (picked by weight); on failure of a non-primary slot, retry on the primary.
         A cancelled request (the client left) is not retried and counts for no version."""
-        slot = self._pick()
         primary = self.config["primary"]
-        failure = "no attempt"
+        failure, last_error = "no attempt", None
         for attempt in (slot, primary) if slot != primary else (slot,):
             started = time.monotonic()
             try:
@@ -211,9 +266,12 @@ class Ingress:
             if error or result["version"] != expected:  # a 5xx, or the slot was swapped under us
                 self._outcome(attempt, False, time.monotonic() - started)
                 failure = f"slot {attempt} answered {error['code'] if error else 'version ' + result['version']}"
+                last_error = error
                 continue
             self._outcome(attempt, True, time.monotonic() - started)
             return attempt, result
+        if last_error:  # e.g. a provider and its fallbacks all failed: 502 with the provider's code
+            raise APIError(last_error["status"], last_error["message"], last_error["code"], last_error.get("param"))
         raise APIError(500, f"model replica failed: {failure}", "server_error")
 
     def _pick(self) -> str:

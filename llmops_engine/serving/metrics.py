@@ -1,9 +1,11 @@
 """Prometheus text exposition for the ingress (`GET /metrics`), without a client library.
 
-Four families, labelled by deployment, model version and outcome:
+Five families, labelled by deployment, model version and outcome:
     llmops_requests_total            counter (status 499: the client disconnected first)
     llmops_request_latency_seconds   histogram
     llmops_tokens_total              counter (kind="prompt" | "completion")
+    llmops_answers_total             counter by answered_by: which model of a provider version's chain
+                                     answered (a rising fallback count is a provider in trouble)
     llmops_unauthenticated_requests_total  counter by endpoint: 401s are counted, not logged
 """
 
@@ -27,15 +29,18 @@ class Metrics:
         self.latency_sum: dict[tuple, float] = defaultdict(float)
         self.latency_count: dict[tuple, int] = defaultdict(int)
         self.unauthenticated: dict[tuple, int] = defaultdict(int)
+        self.answers: dict[tuple, int] = defaultdict(int)
 
     def observe_unauthenticated(self, endpoint: str) -> None:
         self.unauthenticated[(("endpoint", endpoint),)] += 1
 
     def observe(
         self, deployment: str, version: str, endpoint: str, status: int, latency_s: float,
-        prompt_tokens: int = 0, completion_tokens: int = 0,
+        prompt_tokens: int = 0, completion_tokens: int = 0, answered_by: str | None = None,
     ) -> None:
         base = (("deployment", deployment), ("model_version", version or "none"))
+        if answered_by:
+            self.answers[base + (("answered_by", answered_by),)] += 1
         self.requests[base + (("endpoint", endpoint), ("status", str(status)))] += 1
         self.tokens[base + (("kind", "prompt"),)] += prompt_tokens
         self.tokens[base + (("kind", "completion"),)] += completion_tokens
@@ -67,6 +72,11 @@ class Metrics:
             "# TYPE llmops_tokens_total counter",
         ]
         lines += [f"llmops_tokens_total{_labels(k)} {v}" for k, v in sorted(self.tokens.items())]
+        lines += [
+            "# HELP llmops_answers_total Answers of provider versions, by the model of the chain that gave them.",
+            "# TYPE llmops_answers_total counter",
+        ]
+        lines += [f"llmops_answers_total{_labels(k)} {v}" for k, v in sorted(self.answers.items())]
         lines += [
             "# HELP llmops_unauthenticated_requests_total Requests refused for a missing or invalid API key.",
             "# TYPE llmops_unauthenticated_requests_total counter",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
@@ -207,6 +207,72 @@ def chat_stream(rid: str, model: str, gen: dict[str, Any], include_usage: bool, 
         events.append(sse({**head, "choices": [], "usage": usage(gen["prompt_tokens"], gen["completion_tokens"])}))
     events.append(sse("[DONE]"))
     return events
+
+
+class RelayedStream:
+    """A provider's chat stream re-addressed as this deployment's (our id and `model`), event by
+    event as its chunks arrive; a local fallback's whole answer is streamed in pieces. Only a
+    delta's role and content are relayed. The finish chunk names who answered (`answered_by`)
+    and a grounded deployment's `sources`; the usage the provider reported goes to the log
+    entry, and to the client when it asked for it (stream_options.include_usage)."""
+
+    def __init__(self, rid: str, model: str, include_usage: bool, sources: list[dict] | None, answered_by: str):
+        self.head = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": model}
+        self.include_usage, self.sources, self.answered_by = include_usage, sources, answered_by
+        self.usage: dict[str, int] | None = None
+        self.finish: str | None = None
+        self.failed = False
+
+    def events(self, item: dict[str, Any], pieces: Callable[[str], list[str]]) -> list[str]:
+        if "chunk" in item:
+            return self._relayed(item["chunk"])
+        if "gen" in item:
+            gen = item["gen"]
+            self.usage = usage(gen["prompt_tokens"], gen["completion_tokens"])
+            return ([self._event({"role": "assistant", "content": ""})]
+                    + [self._event({"content": piece}) for piece in pieces(gen["text"])]
+                    + [self._finished(gen["finish_reason"])])
+        self.failed = True
+        error = item["error"]
+        return [sse({"error": {"message": error["message"], "type": "server_error", "param": None, "code": error["code"]}})]
+
+    def _relayed(self, chunk: dict[str, Any]) -> list[str]:
+        if isinstance(chunk.get("usage"), dict):
+            counts = chunk["usage"]
+            self.usage = usage(int(counts.get("prompt_tokens") or 0), int(counts.get("completion_tokens") or 0))
+        events = []
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = {k: v for k, v in (choice.get("delta") or {}).items() if k in ("role", "content") and isinstance(v, str)}
+            finish = choice.get("finish_reason")
+            if isinstance(finish, str):
+                events.append(self._finished(finish, delta))
+            elif delta:
+                events.append(self._event(delta))
+        return events
+
+    def _event(self, delta: dict[str, Any], finish: str | None = None, extra: dict[str, Any] | None = None) -> str:
+        body = {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        if self.include_usage:
+            body["usage"] = None
+        return sse({**body, **(extra or {})})
+
+    def _finished(self, finish: str, delta: dict[str, Any] | None = None) -> str:
+        self.finish = finish
+        extra = {"answered_by": self.answered_by, **({"sources": self.sources} if self.sources is not None else {})}
+        return self._event(delta or {}, finish, extra)
+
+    def totals(self) -> dict[str, Any]:
+        """What the request log records of the stream: tokens as the provider counted them."""
+        counts = self.usage or usage(0, 0)
+        return {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
+                "finish_reason": [self.finish]}
+
+    def close(self) -> list[str]:
+        tail = [sse({**self.head, "choices": [], "usage": self.usage})] if self.include_usage and self.usage else []
+        return tail + [sse("[DONE]")]
 
 
 def completion_stream(rid: str, model: str, gens: list[dict[str, Any]], include_usage: bool,

@@ -93,7 +93,7 @@ class Rollout:
         self._put(settings, routing)
         try:
             self._wait_slot(settings.name, spare, target.version)
-            self._smoke(settings.name, spare)
+            self._smoke(settings.name, spare, target)
         except Exception as exc:
             # Unload it: a version that has not proven itself must not hold memory (or a slot).
             self._put(settings, routing.with_model(spare, None))
@@ -187,8 +187,10 @@ class Rollout:
             time.sleep(POLL_S)
         raise DeploymentError(f"timed out after {READY_TIMEOUT_S}s waiting for {what}")
 
-    def _smoke(self, app: str, slot: str) -> None:
-        work = {"items": [{"prompt": SMOKE_PROMPT}], "stops": [], "live": False,
+    def _smoke(self, app: str, slot: str, target: ModelRef) -> None:
+        # A provider answers chat messages only: its smoke request is one (and goes to the provider).
+        item = {"instruction": SMOKE_PROMPT, "input": ""} if target.upstream else {"prompt": SMOKE_PROMPT}
+        work = {"items": [item], "stops": [], "live": False,
                 "params": {"max_new_tokens": 2, "do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": 0}}
         result = _handle(app, slot).generate.remote(work).result(timeout_s=120)
         if "error" in result or not result.get("gens"):

@@ -12,6 +12,10 @@ crash a 4-bit kernel and with it the replica), every prompt is its own batch ent
 `max_batch_size` bounds the tokens of every batch, and a many-prompt request queues behind
 the others instead of widening a batch), and an exception inside a batch is traced to the
 entries that caused it and fails only their requests.
+
+A provider version (its ModelRef has an `upstream`) holds HTTP clients instead of weights, plus
+at most one local model of its fallback chain; `generate` asks the chain in order (relay.py) and
+`stream` relays the provider's tokens as they arrive.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from ..errors import ChatTemplateError
+from ..errors import ChatTemplateError, ProviderError
 from .config import ModelRef
 from .openai_api import MAX_PROMPTS_PER_REQUEST
+from .relay import UNSUPPORTED_COMPLETIONS, chat_body, exhausted, gen_of, refused, relay_error
 
 
 def load_model(ref: ModelRef):
@@ -75,6 +81,7 @@ class ModelSlot:
         self.ref: ModelRef | None = None
         self.model = None
         self.retriever = None
+        self.clients: dict[str, Any] = {}  # provider label -> ProviderClient (a provider version's chain)
         self.load_error: dict[str, str] | None = None
         self.max_prompt_tokens = 1024
         self.batches = self.batched_requests = 0  # how full batches get (bench, tuning)
@@ -89,13 +96,15 @@ class ModelSlot:
         if _same_weights(ref, self.ref):
             self.ref = ref
             return
-        self.model, self.retriever, self.ref, self.load_error = None, None, None, None
+        self.model, self.retriever, self.ref, self.load_error, self.clients = None, None, None, None, {}
         gc.collect()  # free the old weights before loading the new ones
         if ref is None:
             return
         try:
             self.retriever = load_retriever(ref)
-            self.model = load_model(ref)
+            local = ref.local_model()
+            self.model = load_model(local) if local else None
+            self.clients = provider_clients(ref)
         except Exception as exc:  # noqa: BLE001 - stay up and empty; the engine reads the error
             # Raising here would make Serve restart the replica again and again; an empty
             # slot that reports why is what the rollout needs to fail fast and clearly.
@@ -104,22 +113,96 @@ class ModelSlot:
         self.ref = ref
 
     async def info(self) -> dict[str, Any]:
-        import torch
-
-        return {"version": self.ref.version if self.ref else None, "loaded": self.model is not None,
+        torch = sys.modules.get("torch")  # a replica relaying a provider never imports it
+        return {"version": self.ref.version if self.ref else None,
+                "loaded": self.ref is not None and (self.model is not None or bool(self.clients)),
                 "load_error": self.load_error,
-                "torch_threads": torch.get_num_threads(), "batches": self.batches,
+                "torch_threads": torch.get_num_threads() if torch else None, "batches": self.batches,
                 "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
                 "peak_batch_tokens": self.peak_batch_tokens}
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request: {"items": [{"prompt"} | {"instruction", "input"}], "params": {...}, "live"}."""
-        if self.model is None or self.ref is None:
+        if self.ref is None:
             raise RuntimeError("this slot holds no model")
-        model, version = self.model, self.ref.version
+        version = self.ref.version
         if request.get("live") and self.ref.fault_error_rate and random.random() < self.ref.fault_error_rate:
             raise RuntimeError(f"injected fault in model version {version}")
         items, sources = await self._grounded(request["items"])
+        if self.ref.upstream is not None:
+            return await self._relayed(request, items, sources)
+        return await self._local(request, items, sources)
+
+    async def stream(self, request: dict[str, Any]):
+        """A provider version's chat request as it streams: {"head": {answered_by, sources}}, then
+        the provider's chunks ({"chunk": ...}) as they arrive, or a local fallback's whole answer
+        ({"gen": ...}); an {"error": ...} instead of the head when no model could answer, or after
+        chunks when the provider broke off mid-stream (nothing is retried once a token was relayed)."""
+        if self.ref is None or self.ref.upstream is None:
+            raise RuntimeError("this slot holds no provider version")
+        version = self.ref.version
+        items, sources = await self._grounded(request["items"])
+        if any("instruction" not in item for item in items):
+            yield {"error": UNSUPPORTED_COMPLETIONS, "version": version}
+            return
+        failures: list[tuple[str, str]] = []
+        for member in self.ref.chain():
+            head = {"head": {"answered_by": member.label, "version": version,
+                             **({"sources": sources} if self.retriever else {})}}
+            if member.upstream is None:
+                result = await self._local(request, items, sources)
+                yield result if "error" in result else head
+                if "error" not in result:
+                    yield {"gen": result["gens"][0]}
+                return
+            relayed = False
+            try:
+                body = chat_body(member.prompt, items[0], request["params"], request.get("stops") or [])
+                async for chunk in self.clients[member.label].stream_chat(body):
+                    if not relayed:
+                        relayed = True
+                        yield head
+                    yield {"chunk": chunk}
+            except ProviderError as exc:
+                if relayed:
+                    yield {"error": relay_error(502, exc.code, f"{member.label} broke off mid-stream: {exc.code}")}
+                    return
+                if exc.client_fault:
+                    yield {"error": refused(member.label, exc), "version": version}
+                    return
+                failures.append((member.label, exc.code))
+                continue
+            if not relayed:
+                yield head
+            return
+        yield {"error": exhausted(failures), "version": version}
+
+    async def _relayed(self, request: dict[str, Any], items: list[dict[str, Any]],
+                       sources: list[dict[str, Any]]) -> dict[str, Any]:
+        """Ask the chain in order: a failing provider hands the request to the next model."""
+        version = self.ref.version
+        if any("instruction" not in item for item in items):
+            return {"error": UNSUPPORTED_COMPLETIONS, "version": version}
+        grounded = {"sources": sources} if self.retriever else {}
+        failures: list[tuple[str, str]] = []
+        for member in self.ref.chain():
+            if member.upstream is None:
+                return {**await self._local(request, items, sources), "answered_by": member.label}
+            try:
+                body = chat_body(member.prompt, items[0], request["params"], request.get("stops") or [])
+                answer = await self.clients[member.label].chat(body)
+            except ProviderError as exc:
+                if exc.client_fault:
+                    return {"error": refused(member.label, exc), "version": version}
+                failures.append((member.label, exc.code))
+                continue
+            return {"gens": [gen_of(answer)], "version": version, "answered_by": member.label, **grounded}
+        return {"error": exhausted(failures), "version": version}
+
+    async def _local(self, request: dict[str, Any], items: list[dict[str, Any]],
+                     sources: list[dict[str, Any]]) -> dict[str, Any]:
+        """Answer with the model this replica loaded, batched with other requests."""
+        model, version = self.model, self.ref.version
         try:
             prompts = [self._prompt(model, item) for item in items]
         except ChatTemplateError as exc:  # the client's messages, not the replica, are at fault
@@ -223,6 +306,19 @@ class ModelSlot:
             completion_tokens = len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
         return {"text": text, "prompt_tokens": out.prompt_tokens, "completion_tokens": completion_tokens,
                 "finish_reason": "stop" if stopped else out.finish_reason}
+
+
+def provider_clients(ref: ModelRef) -> dict[str, Any]:
+    """An HTTP client for each provider model of a version's chain, with its key from this
+    replica's environment (its runtime env, set by the deploying apply)."""
+    from llmops_engine.providers.client import ProviderClient, Upstream, api_key
+
+    clients = {}
+    for member in ref.chain():
+        if member.upstream is not None:
+            upstream = Upstream.from_json(member.upstream)
+            clients[member.label] = ProviderClient(upstream, api_key(upstream))
+    return clients
 
 
 def _same_weights(a: ModelRef | None, b: ModelRef | None) -> bool:

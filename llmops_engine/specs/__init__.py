@@ -8,8 +8,11 @@ from .deployment import DeploymentSpec
 from .evaluation import EvaluationSpec
 from .knowledge_base import KnowledgeBaseSpec
 from .prompt import PromptSpec
+from .provider import ProviderSpec
 from .tuning import TuningJobSpec
 
-KINDS = {cls.kind: cls for cls in (DatasetSpec, PromptSpec, KnowledgeBaseSpec, TuningJobSpec, EvaluationSpec, DeploymentSpec)}
+KINDS = {cls.kind: cls for cls in (
+    DatasetSpec, PromptSpec, KnowledgeBaseSpec, ProviderSpec, TuningJobSpec, EvaluationSpec, DeploymentSpec,
+)}
 
 __all__ = ["API_VERSION", "KINDS", "Metadata", "Reference"]

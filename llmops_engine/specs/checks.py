@@ -23,6 +23,7 @@ def check_resources(root: Path, resources: list[Resource]) -> list[SpecIssue]:
     _context_prompts(by_key, issues)
     _tuning_data(by_key, issues)
     _route_prefixes(by_key, issues)
+    _provider_models(by_key, issues)
     if not issues:
         from ..graph import find_cycle
 
@@ -216,3 +217,33 @@ def _route_prefixes(by_key: dict[str, Resource], issues: list[SpecIssue]) -> Non
             message = (f"route_prefix '{prefix}' is used by Deployment '{first.name}' ({first.file}:{line}) and "
                        f"Deployment '{resource.name}' ({resource.file}:{here}); give each deployment its own prefix")
             issues.append(_issue(resource, field, message))
+
+
+def _provider_models(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
+    """Each provider:<name>/<alias> names an alias its Provider declares (a missing Provider is
+    reported by the reference check)."""
+    from .provider import provider_ref
+
+    for resource in by_key.values():
+        for path, model in _model_fields(resource):
+            named = provider_ref(model)
+            provider = by_key.get(key_of("Provider", named[0])) if named else None
+            if provider is None or named[1] in provider.spec.models:
+                continue
+            from difflib import get_close_matches
+
+            aliases = sorted(provider.spec.models)
+            hint = get_close_matches(named[1], aliases, n=1)
+            known = f"did you mean '{hint[0]}'?" if hint else f"its aliases: {', '.join(aliases)}"
+            issues.append(_issue(resource, path, f"Provider '{provider.name}' has no model alias '{named[1]}'; {known}"))
+
+
+def _model_fields(resource: Resource) -> list[tuple[tuple, str]]:
+    """(field path, value) of every place a resource names a model."""
+    spec = resource.spec
+    if resource.kind == "Deployment":
+        return [(("spec", "model"), spec.model)] + [(("spec", "fallbacks", i), f) for i, f in enumerate(spec.fallbacks)]
+    if resource.kind == "Evaluation":
+        return [(("spec", "model"), spec.model)] + [(("spec", "variants", i, "model"), v.model)
+                                                     for i, v in enumerate(spec.variants)]
+    return []

@@ -7,7 +7,10 @@ from typing import ClassVar, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from .base import EnvVarName, FieldError, KindSpec, PathInput, Reference, StrictModel, reference
+from .provider import is_provider_ref, provider_ref
 from .tuning import MODEL_REF, is_model_ref
+
+MAX_FALLBACKS = 4
 
 
 class Replicas(StrictModel):
@@ -80,8 +83,14 @@ class DeploymentSpec(KindSpec):
     kind: ClassVar[str] = "Deployment"
     keeps_running: ClassVar[bool] = True
 
-    model: str = Field(description="A TuningJob (its gated output), or a base model ref served as it is "
-                                   "(builtin:…, hf:org/name, gguf:file.gguf, path:dir; with gate: null).")
+    model: str = Field(description="A TuningJob (its gated output), a base model ref served as it is "
+                                   "(builtin:…, hf:org/name, gguf:file.gguf, path:dir; with gate: null), or a "
+                                   "provider's model (provider:<name>/<alias>): a prompt-only deployment.")
+    fallbacks: list[str] = Field(
+        default_factory=list, max_length=MAX_FALLBACKS,
+        description="For a provider model: what answers, in order, when the provider fails (after its retries): "
+                    "another provider:<name>/<alias>, a TuningJob, or a model ref. The response says who answered.",
+    )
     prompt: str
     gate: str | None = Field(description="Evaluation that must pass; write `gate: null` to deploy ungated.")
     knowledge_base: str | None = Field(
@@ -107,24 +116,61 @@ class DeploymentSpec(KindSpec):
             message = (f"'{self.model}' is a base model, which no Evaluation gates (gates judge TuningJobs); "
                        "write gate: null, or serve a TuningJob")
             raise FieldError(("gate", message))
-        if ":" in self.model and not self.serves_base_model():
-            raise FieldError(("model", f"'{self.model}' is neither a TuningJob name nor a model ref ({MODEL_REF})"))
+        if ":" in self.model and not (self.serves_base_model() or self.serves_provider()):
+            raise FieldError(("model", f"'{self.model}' is neither a TuningJob name, a model ref ({MODEL_REF}) "
+                                       "nor provider:<name>/<alias>"))
+        return self
+
+    @model_validator(mode="after")
+    def _fallbacks(self) -> "DeploymentSpec":
+        if self.fallbacks and not self.serves_provider():
+            message = "fallbacks take over when a provider fails; this deployment's model is not a provider's"
+            raise FieldError(("fallbacks", message))
+        seen = [self.model]
+        for index, fallback in enumerate(self.fallbacks):
+            if ":" in fallback and not (is_model_ref(fallback) or is_provider_ref(fallback)):
+                raise FieldError((f"fallbacks.{index}", f"'{fallback}' is neither a TuningJob name, a model ref "
+                                                        "nor provider:<name>/<alias>"))
+            if fallback in seen:
+                where = "the model itself" if fallback == self.model else f"fallbacks.{seen.index(fallback) - 1}"
+                raise FieldError((f"fallbacks.{index}", f"'{fallback}' is already {where}: a fallback chain must not "
+                                                        "come back to a model it has tried (a cycle)"))
+            seen.append(fallback)
         return self
 
     def serves_base_model(self) -> bool:
         return is_model_ref(self.model)
 
+    def serves_provider(self) -> bool:
+        return is_provider_ref(self.model)
+
     def secret_env(self) -> list[str]:
         return [self.auth.api_keys_env] if isinstance(self.auth, Auth) else []
 
     def path_inputs(self) -> list[PathInput]:
-        kind, _, path = self.model.partition(":")
-        return [PathInput(path, ("model",), must_exist=kind == "gguf")] if kind in ("path", "gguf") else []
+        paths = []
+        for index, model in enumerate([self.model, *self.fallbacks]):
+            kind, _, path = model.partition(":")
+            field = ("model",) if index == 0 else ("fallbacks", index - 1)
+            if kind in ("path", "gguf"):
+                paths.append(PathInput(path, field, must_exist=kind == "gguf"))
+        return paths
 
     def references(self) -> list[Reference]:
+        tuned = None if self.serves_base_model() or self.serves_provider() else self.model
         return (
-            reference("spec.model", "TuningJob", None if self.serves_base_model() else self.model)
+            reference("spec.model", "TuningJob", tuned)
+            + model_references("spec.model", self.model if self.serves_provider() else None)
+            + [ref for i, fallback in enumerate(self.fallbacks) for ref in model_references(f"spec.fallbacks.{i}", fallback)]
             + reference("spec.prompt", "Prompt", self.prompt)
             + reference("spec.gate", "Evaluation", self.gate)
             + reference("spec.knowledge_base", "KnowledgeBase", self.knowledge_base)
         )
+
+
+def model_references(field: str, model: str | None) -> list[Reference]:
+    """The resource a fallback (or a provider model) names: a Provider or a TuningJob; none for a model ref."""
+    if model is None or is_model_ref(model):
+        return []
+    named = provider_ref(model)
+    return reference(field, "Provider", named[0]) if named else reference(field, "TuningJob", model)

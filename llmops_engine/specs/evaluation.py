@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from .base import FieldError, KindSpec, Reference, StrictModel, reference
+from .provider import is_provider_ref, provider_ref
 from .regexes import regex_problem
 from .tuning import MODEL_REF, is_model_ref
 
@@ -27,6 +28,8 @@ Metric = Literal[METRICS]  # type: ignore[valid-type]
 Baseline = Literal["base", "champion"]
 ROLES = ("candidate", "base", "champion")
 VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,62}$"
+# A provider answers with text only: no token losses to score the expected answers with.
+LOSS_METRICS = ("eval_loss", "perplexity")
 
 
 class Threshold(StrictModel):
@@ -109,7 +112,8 @@ class Variant(StrictModel):
     or another model, another prompt, a knowledge base ("is fine-tuning worth it here?")."""
 
     name: str = Field(pattern=VARIANT_NAME, description="Its column in the report, e.g. base+rag.")
-    model: str = Field(description="base (the candidate's base model), a TuningJob, or a model ref (builtin:…, hf:…).")
+    model: str = Field(description="base (the candidate's base model), a TuningJob, a model ref (builtin:…, hf:…), "
+                                   "or a provider's model (provider:<name>/<alias>).")
     prompt: str | None = Field(default=None, description="Default: the candidate's prompt (a TuningJob's: its own).")
     knowledge_base: str | None = Field(default=None, description="Retrieve chunks for the prompt's {context}.")
 
@@ -117,20 +121,25 @@ class Variant(StrictModel):
     def _known_model(self) -> "Variant":
         if self.name in ROLES:
             raise FieldError(("name", f"'{self.name}' is taken by the evaluation itself; name the variant e.g. '{self.name}+rag'"))
-        if ":" in self.model and not is_model_ref(self.model):
-            raise FieldError(("model", f"'{self.model}' is not base, a TuningJob name or a model ref"))
+        if ":" in self.model and not (is_model_ref(self.model) or is_provider_ref(self.model)):
+            raise FieldError(("model", f"'{self.model}' is not base, a TuningJob name, a model ref or provider:<name>/<alias>"))
         return self
 
     def tuning_job(self) -> str | None:
-        return None if self.model == "base" or is_model_ref(self.model) else self.model
+        return None if self.model == "base" or is_model_ref(self.model) or is_provider_ref(self.model) else self.model
+
+    def provider(self) -> str | None:
+        named = provider_ref(self.model)
+        return named[0] if named else None
 
 
 class EvaluationSpec(KindSpec):
     kind: ClassVar[str] = "Evaluation"
 
-    model: str = Field(description="A TuningJob name, or base:<model ref> for an untuned base model.")
+    model: str = Field(description="A TuningJob name, base:<model ref> for an untuned base model, or "
+                                   "provider:<name>/<alias> for a hosted model.")
     dataset: str
-    prompt: str | None = Field(default=None, description="Only for base: models; tuned models use their own.")
+    prompt: str | None = Field(default=None, description="Only for base: and provider: models; tuned models use their own.")
     compare_to: list[Baseline] | Baseline | Literal["none"] = "base"
     thresholds: list[Threshold] = Field(min_length=1)
     metrics: list[Metric] = Field(default_factory=list, description="Extra metrics to report (not gated).")
@@ -159,6 +168,9 @@ class EvaluationSpec(KindSpec):
                 raise FieldError(("model", message))
             if self.prompt is None:
                 raise FieldError(("prompt", "an Evaluation of a base: model needs 'prompt' (tuned models bring their own)"))
+        if self.is_provider_model():
+            self._provider_candidate()
+        self._provider_losses()
         baselines = set(self.baselines())
         variants = [v.name for v in self.variants]
         duplicate = next((i for i, name in enumerate(variants) if name in variants[:i]), None)
@@ -177,8 +189,42 @@ class EvaluationSpec(KindSpec):
             raise FieldError(("repeats", "repeats > 1 only makes sense with generation.do_sample: true"))
         return self
 
+    def _provider_candidate(self) -> None:
+        if self.prompt is None:
+            raise FieldError(("prompt", "an Evaluation of a provider: model needs 'prompt' (a hosted model brings none)"))
+        if self.baselines():
+            message = ("a provider model has no base model or champion to compare with; write compare_to: none and "
+                       "name what to compare it with in variants (a TuningJob, a model ref, another provider model)")
+            raise FieldError(("compare_to", message))
+        if self.regression is not None:
+            raise FieldError(("regression", "the regression set compares tuning with its base model; a provider "
+                                            "model has none (score the set in a separate Evaluation)"))
+        for index, variant in enumerate(self.variants):
+            if variant.model == "base":
+                raise FieldError((f"variants.{index}.model", "a provider model has no base model; name the variant's "
+                                                             "model (a TuningJob, a model ref, a provider model)"))
+
+    def _provider_losses(self) -> None:
+        """eval_loss and perplexity need token losses, which a provider does not give."""
+        asked = set(self.metric_names()) | (set(self.regression.metric_names()) if self.regression else set())
+        losses = sorted(asked & set(LOSS_METRICS))
+        if not losses:
+            return
+        need = f"{', '.join(losses)} need{'s' if len(losses) == 1 else ''}"
+        if self.is_provider_model():
+            raise FieldError(("model", f"{need} token losses, which a provider model does not "
+                                       "give; score it with text metrics (rouge_l, exact_match, …)"))
+        for index, variant in enumerate(self.variants):
+            if is_provider_ref(variant.model):
+                raise FieldError((f"variants.{index}.model", f"{need} token losses, which a "
+                                                             "provider model does not give"))
+
+    def is_provider_model(self) -> bool:
+        return is_provider_ref(self.model)
+
     def baselines(self) -> list[str]:
-        if self.compare_to == "none":
+        if self.compare_to == "none" or (self.is_provider_model() and "compare_to" not in self.model_fields_set):
+            # A provider model has no base to compare with: unless the spec says otherwise, it has no baseline.
             return []
         return [self.compare_to] if isinstance(self.compare_to, str) else list(self.compare_to)
 
@@ -190,14 +236,17 @@ class EvaluationSpec(KindSpec):
         return f"{self.gpus:g} GPU" if self.gpus else f"{self.cpus} CPU"
 
     def references(self) -> list[Reference]:
-        model = None if self.model.startswith("base:") else self.model
+        model = None if self.model.startswith("base:") or self.is_provider_model() else self.model
+        provider = provider_ref(self.model)
         return (
             reference("spec.model", "TuningJob", model)
+            + reference("spec.model", "Provider", provider[0] if provider else None)
             + reference("spec.dataset", "Dataset", self.dataset)
             + reference("spec.prompt", "Prompt", self.prompt)
             + reference("spec.regression.dataset", "Dataset", self.regression.dataset if self.regression else None)
             + [ref for i, v in enumerate(self.variants) for ref in (
                 reference(f"spec.variants.{i}.model", "TuningJob", v.tuning_job())
+                + reference(f"spec.variants.{i}.model", "Provider", v.provider())
                 + reference(f"spec.variants.{i}.prompt", "Prompt", v.prompt)
                 + reference(f"spec.variants.{i}.knowledge_base", "KnowledgeBase", v.knowledge_base))]
         )

@@ -153,6 +153,19 @@ class PromptSpec(KindSpec):
         system_text, turns = split_history(history)
         return self.render_turns(turns, example["instruction"], system_text, chat, retrieved)
 
+    def messages_for(self, example: dict) -> list[dict[str, str]]:
+        """An example as chat messages for a hosted model (a provider renders its own chat template):
+        the system message, a conversation's earlier turns, then the user turn — the same parts,
+        in the same order, that `render_example` puts through a local model's chat template."""
+        history, retrieved = example.get("history"), example.get("context") or ""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        if self.format != "chat" or history is None:
+            user = self.user_turn(example["instruction"], example.get("input") or "", retrieved)
+            return system + [{"role": "user", "content": user}]
+        system_text, turns = split_history(history)
+        user = self.user_turn(example["instruction"], system_text, retrieved)
+        return system + turns + [{"role": "user", "content": user}]
+
     def render_turns(self, history: list[dict[str, str]], instruction: str, input: str,
                      chat: ChatRenderer | None, context: str = "") -> str:
         """A chat prompt: the system message, earlier turns as given, then the user turn."""
