@@ -146,3 +146,26 @@ def test_plan_reports_an_unlisted_pinned_model_asks_once_a_minute_and_never_fail
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(LiveStateUnknown, match="is not set here"):
         ProviderController().observe(record, project)
+
+
+def test_a_gated_provider_deployment_serves_the_model_and_prompt_its_evaluation_scored(tmp_path, monkeypatch):
+    from llmops_engine.controllers.deployment import DeploymentController
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with FakeProvider(models=["support-api", "support-big"], key=KEY) as upstream:
+        ctx = _context(tmp_path, upstream.url)
+        prompt = ctx.resources["Prompt/p"].spec
+        deployment = resource("Deployment", "relay", model="provider:fake/small", prompt="p", gate="ev", auth="none")
+        ctx.resources[deployment.key] = deployment
+        scored = {"passed": True, "model_fingerprint": "provider:fake/small@support-api",
+                  "template_hash": prompt.template_hash()}
+        for outputs, error in [({**scored, "model_fingerprint": "provider:fake/big@support-big"}, "another model"),
+                               ({**scored, "template_hash": "0" * 64}, "another prompt"),
+                               ({**scored, "passed": False}, "did not pass")]:
+            ctx.outputs["Evaluation/ev"] = outputs
+            with pytest.raises(GateFailed, match=error):
+                DeploymentController()._target(deployment, ctx)
+        ctx.outputs["Evaluation/ev"] = scored
+        target = DeploymentController()._target(deployment, ctx)
+    assert target.label == "provider:fake/small" and target.upstream["model"] == "support-api"
+    assert KEY not in json.dumps(target.to_json())  # the key's name travels, never its value

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from llmops_engine.serving.openai_api import RelayedStream
-from llmops_engine.serving.relay import chat_body, exhausted
+from llmops_engine.providers.chat import chat_body
+from llmops_engine.serving.relay import exhausted
 
 PROMPT = {"format": None, "system": "Be brief.", "template": "Q: {instruction}", "template_no_input": None}
 GREEDY = {"max_new_tokens": 8, "do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": 0}
@@ -34,7 +35,9 @@ def test_an_exhausted_chain_is_a_502_naming_who_failed_how(failures, code):
 
 
 def _events(relay: RelayedStream, items: list[dict]) -> list[dict]:
-    lines = [line for item in items for line in relay.events(item, str.split)] + relay.close()
+    from llmops_engine.serving.ingress import _pieces
+
+    lines = [line for item in items for line in relay.events(item, _pieces)] + relay.close()
     return [json.loads(line[6:]) if line.startswith("data: {") else line.strip() for line in lines]
 
 
@@ -57,11 +60,12 @@ def test_a_stream_broken_mid_way_ends_with_an_error_event_and_a_fallback_streams
     broken = RelayedStream("rid", "relay", False, None, "provider:gw/small")
     events = _events(broken, [{"chunk": {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}},
                               {"error": {"status": 502, "code": "provider_stream_broken", "message": "broke off"}}])
-    assert events[-2]["error"]["code"] == "provider_stream_broken" and broken.failed
+    assert events[-2]["error"]["code"] == "provider_stream_broken"
+    assert broken.totals()["status"] == 502 and broken.totals()["error"] == "provider_stream_broken"  # logged as failed
     local = RelayedStream("rid", "relay", False, [{"id": "kb/a.md#0"}], "builtin:tiny-llama")
     events = _events(local, [{"gen": {"text": "two words", "prompt_tokens": 5, "completion_tokens": 2,
                                       "finish_reason": "stop"}}])
-    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "twowords"
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "two words"
     assert events[-2]["sources"] == [{"id": "kb/a.md#0"}] and events[-2]["answered_by"] == "builtin:tiny-llama"
     assert local.totals()["completion_tokens"] == 2
 

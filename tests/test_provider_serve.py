@@ -8,6 +8,7 @@ no record, artifact, log or plan."""
 import json
 import secrets
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -96,7 +97,7 @@ def ask(url: str, model: str, **extra) -> httpx.Response:
                       json={"model": model, "messages": QUESTION, "max_tokens": 8, **extra}, timeout=60)
 
 
-def test_a_provider_deployment_relays_streams_falls_back_and_watches_deprecation(served, monkeypatch):
+def test_a_provider_deployment_relays_streams_falls_back_and_watches_deprecation(served, monkeypatch, ray_project):
     project, url, names = served
     with FakeProvider(models=["support-api", "support-v2"], key=PROVIDER_KEY) as upstream:
         write_specs(project, "provider", PROVIDER % {"name": "hosted", "url": upstream.url, "key_env": PROVIDER_KEY_ENV,
@@ -123,7 +124,7 @@ def test_a_provider_deployment_relays_streams_falls_back_and_watches_deprecation
 
         # Streaming is relayed as the provider sends it: the first token long before the last.
         upstream.script(["ok:chunk-delay=0.3"])
-        began, arrivals, text = time.monotonic(), [], ""
+        began, arrivals, text, usage_seen = time.monotonic(), [], "", {}
         with httpx.stream("POST", f"{url}/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60,
                           json={"model": "relay", "messages": QUESTION, "stream": True,
                                 "stream_options": {"include_usage": True}}) as stream:
@@ -136,8 +137,9 @@ def test_a_provider_deployment_relays_streams_falls_back_and_watches_deprecation
                     if finish:
                         assert finish["answered_by"] == "provider:hosted/small"
                     if event.get("usage"):
-                        assert event["usage"]["completion_tokens"] == 8
+                        usage_seen = event["usage"]
         assert text == "echo: Question: How do I reset my password?"
+        assert usage_seen["completion_tokens"] == 8  # the provider's count, relayed as the client asked
         assert arrivals[-1] - arrivals[0] > 1.0, arrivals  # 8 words 0.3 s apart arrived spread out, not at once
 
         # 5xx after the retries: the fallback answers, and says so; a 429 with Retry-After is waited out.
@@ -155,6 +157,8 @@ def test_a_provider_deployment_relays_streams_falls_back_and_watches_deprecation
 
         entries = [json.loads(line) for line in log_path(project, "relay").read_text().splitlines()]
         assert {e.get("answered_by") for e in entries} >= {"provider:hosted/small", "builtin:tiny-llama"}
+        streamed = [e for e in entries if e.get("answered_by") == "provider:hosted/small" and e["completion_tokens"] == 8]
+        assert len(streamed) >= 3  # the stream's usage reached the log too
         metrics = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=10).text
         assert 'answered_by="builtin:tiny-llama"} 1' in metrics
 
@@ -189,11 +193,20 @@ def test_a_provider_deployment_relays_streams_falls_back_and_watches_deprecation
         assert ask(url, "relay").json()["answered_by"] == "provider:hosted/small"
         assert upstream.requests[-1][1]["authorization"] == f"Bearer {rotated}"
 
-    # The provider's key is in no record, artifact, plan or log the engine wrote.
-    for path in project.state_dir.rglob("*"):
-        if path.is_file():
-            assert PROVIDER_KEY.encode() not in path.read_bytes() and rotated.encode() not in path.read_bytes(), path
+    # The provider's key is in no record, artifact, plan or log the engine wrote, nor in Ray's logs
+    # (its runtime env agent logs runtime envs) or the Serve configs the dashboard serves.
+    from llmops_engine import raycluster
+    from llmops_engine.serving.deploy import open_cluster
+
+    secrets_ = (PROVIDER_KEY.encode(), rotated.encode())
+    head_logs = Path(raycluster._read_state(ray_project)["temp_dir"])
+    for path in [*project.state_dir.rglob("*"), *head_logs.rglob("*.log"), *head_logs.rglob("*.out"),
+                 *head_logs.rglob("*.err")]:
+        if path.is_file() and not path.is_symlink():
+            content = path.read_bytes()
+            assert not any(secret in content for secret in secrets_), path
     assert PROVIDER_KEY not in json.dumps(Engine(project).plan().plan.to_json())
+    assert not any(secret.decode() in json.dumps(open_cluster(project).details()) for secret in secrets_)
 
 
 def test_another_llmops_deployment_is_a_provider(served):

@@ -49,8 +49,12 @@ CASES = [
     ("provider-missing", PROVIDED.format(name="dep", extra=""), 5, "spec.model", "no Provider named 'gw'"),
     ("fallback-cycle", GOOD_PROVIDER + "---\n" + PROVIDED.format(name="dep", extra="  fallbacks: [provider:gw/small]\n"),
      18, "spec.fallbacks.0", "a cycle"),
-    ("fallback-repeated", GOOD_PROVIDER + "---\n" + PROVIDED.format(name="dep", extra="  fallbacks: [t, t]\n"),
+    ("fallback-repeated", GOOD_PROVIDER + "---\n" + PROVIDED.format(name="dep", extra="  fallbacks: [provider:gw/big, provider:gw/big]\n"),
      18, "spec.fallbacks.1", "is already fallbacks.0"),
+    ("two-local-fallbacks", GOOD_PROVIDER + "---\n" + PROVIDED.format(name="dep", extra="  fallbacks: [t, builtin:tiny-llama]\n"),
+     18, "spec.fallbacks.1", "at most one, as the last fallback"),
+    ("local-fallback-not-last", GOOD_PROVIDER + "---\n" + PROVIDED.format(name="dep", extra="  fallbacks: [t, provider:gw/big]\n"),
+     18, "spec.fallbacks.0", "at most one, as the last fallback"),
     ("fallback-alias-undeclared", GOOD_PROVIDER + "---\n" + PROVIDED.format(name="dep", extra="  fallbacks: [provider:gw/huge]\n"),
      18, "spec.fallbacks.0", "has no model alias 'huge'"),
     ("fallback-tuningjob-missing", GOOD_PROVIDER + "---\n" + PROVIDED.format(name="dep", extra="  fallbacks: [nope]\n"),
@@ -83,7 +87,7 @@ def test_broken_provider_spec_is_located(make_project, case, text, line, path, f
 
 def test_a_valid_provider_setup_loads_with_its_references(make_project):
     text = (GOOD_PROVIDER + "---\n"
-            + PROVIDED.format(name="dep", extra="  fallbacks: [provider:gw/big, t, builtin:tiny-llama]\n") + "---\n"
+            + PROVIDED.format(name="dep", extra="  fallbacks: [provider:gw/big, t]\n") + "---\n"
             + EVALUATION.format(extra="  variants: [{name: tuned, model: t}, {name: big, model: provider:gw/big}]\n"))
     root = _project_with_data(make_project, {"base.yaml": BASE, "ok.yaml": text})
     by_key = {r.key: r for r in load_resources(root, ["specs"])}

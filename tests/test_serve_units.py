@@ -269,7 +269,8 @@ def test_a_key_valid_for_no_deployment_learns_nothing():
 @pytest.mark.parametrize("body, answer", [
     (b'{"model": "a", "prompt": "hi"}', ("a", False)),
     (b'{"model": "a", "prompt": "hi", "stream": true}', ("a", True)),
-    (b'{"model": "a", "prompt": "hi", "stream": "yes"}', ("a", False)),  # the ingress refuses it as a 400
+    (b'{"model": "a", "prompt": "hi", "stream": "true"}', ("a", True)),  # the ingress reads it as true
+    (b'{"model": "a", "prompt": "hi", "stream": 0}', ("a", False)),
     (b"not json", "400 invalid_json"),
     (b"[" * 60000, "400 invalid_json"),  # nesting deeper than the parser's recursion limit
     (b'["a"]', "400 invalid_request"),

@@ -90,7 +90,7 @@ class DeploymentController(BaseController):
         """A prompt-only version: the provider's model asked with the Deployment's Prompt, then its
         fallbacks; refused unless the provider lists every provider model of the chain now."""
         from ..serving.config import ModelRef
-        from .provider import require_listed, upstream_of
+        from ..providers.catalog import require_listed, upstream_of
 
         spec = resource.spec
         prompt = _served_prompt(resource, ctx)
@@ -150,7 +150,7 @@ class DeploymentController(BaseController):
 def _provider_drift(record: ResourceRecord, project: Project) -> str | None:
     """A served provider model (or provider fallback) that its provider stopped listing."""
     from ..providers.client import Upstream
-    from .provider import unlisted_drift
+    from ..providers.catalog import unlisted_drift
 
     served = record.outputs.get("served") or {}
     chain = [served] + list(served.get("fallbacks") or [])
@@ -185,7 +185,7 @@ def _fallback(model: str, prompt: dict, ctx: ApplyContext):
     Deployment's Prompt), a model ref (ditto) or a TuningJob's published model (asked its own way)."""
     from ..serving.config import ModelRef
     from ..specs.tuning import is_model_ref
-    from .provider import upstream_of
+    from ..providers.catalog import upstream_of
 
     if model.startswith("provider:"):
         upstream = upstream_of(model, ctx.resources)
@@ -204,12 +204,18 @@ def _fallback(model: str, prompt: dict, ctx: ApplyContext):
 
 
 def _check_provider_gate(resource: Resource, ctx: ApplyContext, upstream) -> None:
-    """A gated provider deployment serves the model its Evaluation scored: the same alias, pinned
-    to the same upstream id."""
+    """A gated provider deployment serves what its Evaluation scored: the same alias pinned to the
+    same upstream id, asked with the same Prompt (a prompt-only deployment *is* its prompt)."""
     from ..evaluation.contenders import provider_label
 
-    if resource.spec.gate is not None:
-        _check_gate(resource, ctx, provider_label(upstream))
+    gate = resource.spec.gate
+    if gate is None:
+        return
+    _check_gate(resource, ctx, provider_label(upstream))
+    scored = ctx.outputs_of(f"Evaluation/{gate}").get("template_hash")
+    if scored != ctx.resources[f"Prompt/{resource.spec.prompt}"].spec.template_hash():
+        raise GateFailed(f"Evaluation/{gate} scored {upstream.label} with another prompt than Prompt/{resource.spec.prompt}; "
+                         "gate with an Evaluation of this prompt (nothing changed live)")
 
 
 def _check_prompt(resource: Resource, ctx: ApplyContext, model_key: str) -> None:
@@ -303,26 +309,22 @@ def _keys_changed(record: ResourceRecord, config: dict) -> bool:
 
 
 def _provider_keys_rotated(config: dict) -> str | None:
-    """The env var of a provider key whose value here differs from the one the live replicas hold
-    (compared in memory, never shown), or None."""
-    import hmac
-
-    from ..serving.config import OFFLINE_ENV
+    """The env var of a provider key whose value here is not the one the live replicas were given
+    (compared by SHA-256, as the slot's config holds it), or None."""
+    from ..serving.config import hash_key
 
     for deployment in config.get("deployments", []):
-        live = ((deployment.get("ray_actor_options") or {}).get("runtime_env") or {}).get("env_vars") or {}
-        for name, value in live.items():
+        live = (deployment.get("user_config") or {}).get("provider_key_sha256") or {}
+        for name, digest in live.items():
             here = os.environ.get(name)
-            if name not in OFFLINE_ENV and here and not hmac.compare_digest(str(value).encode(), here.encode()):
+            if here and hash_key(here) != digest:
                 return name
     return None
 
 
 def _write_artifacts(staging: Path, config: dict, outcome) -> None:
-    from ..serving.config import redacted as without_keys
-
-    # The applied Serve config, minus provider keys and the key hashes (not secret, but nobody needs them).
-    redacted = without_keys(config)
+    # The applied Serve config, minus the key hashes (not secret, but nobody needs them).
+    redacted = json.loads(json.dumps(config))
     for deployment in redacted["deployments"]:
         user_config = deployment.get("user_config") or {}
         if user_config.get("api_key_sha256") is not None:

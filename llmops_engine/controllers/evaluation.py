@@ -177,6 +177,7 @@ def _outputs(outcome: Outcome) -> Outputs:
     return {
         "passed": True,
         "model_fingerprint": outcome.candidate.label,
+        "template_hash": outcome.candidate.template_hash,  # the prompt it passed with (a provider's gate checks it)
         "metrics": outcome.scores[outcome.candidate.role].values,
         "baseline_metrics": {c.role: outcome.scores[c.role].values for c in outcome.baselines},
         **({"variant_metrics": {v.role: outcome.scores[v.role].values for v in outcome.variants}}

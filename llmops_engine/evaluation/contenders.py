@@ -136,7 +136,7 @@ def _trained(role: str, fingerprint: str, model_dir: Path, store_url: str) -> Co
 
 def _hosted(role: str, ref: str, template: dict, template_hash: str, ctx: ApplyContext) -> Contender:
     """A provider's model, asked over HTTP with `template` rendered as chat messages."""
-    from ..controllers.provider import upstream_of
+    from ..providers.catalog import upstream_of
 
     upstream = upstream_of(ref, ctx.resources)
     return Contender(role, provider_label(upstream), {k: template.get(k) for k in TEMPLATE_KEYS}, template_hash,

@@ -15,7 +15,7 @@ import time
 
 from ..errors import EvaluationError, ProviderError
 from ..providers.client import ProviderClient, Upstream, api_key
-from ..serving.relay import chat_body, gen_of
+from ..providers.chat import chat_body, gen_of
 from .contenders import Contender
 from .runner import Suite, grounded, open_retriever, question
 

@@ -248,6 +248,12 @@ def _chunk_problem(data: Any) -> str | None:
         return "is not a JSON object"
     if not isinstance(data.get("choices"), list):
         return "has no choices list"
+    if any(not isinstance(choice, dict) or not isinstance(choice.get("delta", {}), dict) for choice in data["choices"]):
+        return "has a choice whose delta is not an object"
+    usage = data.get("usage")
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    if usage is not None and (not isinstance(usage, dict) or any(name in usage and not _is_int(usage[name]) for name in counts)):
+        return "has a usage whose token counts are not integers"
     return None
 
 
@@ -417,7 +423,8 @@ class ProviderClient:
     async def stream_chat(self, body: dict) -> AsyncIterator[dict]:
         """Streamed chat completion chunks, each yielded as it arrives. Retries happen only before
         the first chunk; after it a failure is provider_stream_broken (the caller has sent text on)."""
-        payload = {**body, "model": self.upstream.model, "stream": True}
+        # Usage is asked for always: the request log and metrics count a stream's tokens too.
+        payload = {**body, "model": self.upstream.model, "stream": True, "stream_options": {"include_usage": True}}
         response, events, chunk = await self._with_retries(lambda: self._open_stream(payload))
         try:
             while chunk is not None:

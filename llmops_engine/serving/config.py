@@ -183,38 +183,25 @@ def _slot(spec: dict[str, Any], slot: str, model: ModelRef | None) -> dict[str, 
         # Twice a batch: one batch runs while the next one fills. A provider's calls only wait on
         # the network: as many as the ingress takes.
         "max_ongoing_requests": INGRESS_MAX_ONGOING if model and model.upstream else 2 * batching["max_batch_size"],
-        "ray_actor_options": {"num_cpus": REPLICA_CPUS, **_key_env(model)},
+        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
         "user_config": {
             "model": model.to_json() if model else None,
             "max_prompt_tokens": spec["limits"]["max_prompt_tokens"],
             "batching": batching,
+            **({"provider_key_sha256": hashes} if (hashes := provider_key_hashes(model)) else {}),
         },
     }
 
 
-def _key_env(model: ModelRef | None) -> dict[str, Any]:
-    """A provider's API key reaches the replicas of the slot that calls it, and no other process:
-    their runtime env, read from the environment of the apply that deploys it."""
+def provider_key_hashes(model: ModelRef | None) -> dict[str, str]:
+    """SHA-256 of each provider key a version's chain calls with, from this environment: what the
+    slot's config carries (the keys themselves reach its replicas through serving/keys.py)."""
     names = model.key_env() if model else []
-    if not names:
-        return {}
     unset = [name for name in names if not os.environ.get(name)]
     if unset:
         raise DeploymentError(f"model version {model.version} calls a provider with the key in ${unset[0]}, which is "
                               "unset or empty here; export it and apply again (nothing changed live)")
-    return {"runtime_env": {"env_vars": {**OFFLINE_ENV, **{name: os.environ[name] for name in names}}}}
-
-
-def redacted(app: dict[str, Any]) -> dict[str, Any]:
-    """An application config with the values of provider keys replaced by their names: what
-    artifacts, digests and messages may hold."""
-    copy = json.loads(json.dumps(app))
-    for deployment in copy.get("deployments", []):
-        env = ((deployment.get("ray_actor_options") or {}).get("runtime_env") or {}).get("env_vars") or {}
-        for name in list(env):
-            if name not in OFFLINE_ENV:
-                env[name] = f"<${name}>"
-    return copy
+    return {name: hashlib.sha256(os.environ[name].encode()).hexdigest() for name in names}
 
 
 # the gateway ---------------------------------------------------------------------
@@ -278,7 +265,7 @@ _COMPARED = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "user
 def config_digest(app: dict[str, Any]) -> str:
     """Digest of the parts of an application config the engine sets (stable across a
     round trip through Serve, which adds defaults to what it stores)."""
-    deployments = sorted(redacted(app).get("deployments", []), key=lambda d: d["name"])
+    deployments = sorted(app.get("deployments", []), key=lambda d: d["name"])
     essence = {
         "import_path": app.get("import_path"),
         "route_prefix": app.get("route_prefix"),

@@ -70,8 +70,11 @@ def deploy(
 ) -> tuple[Outcome, dict[str, Any], Dashboard]:
     """Make `target` the live version of application `name` per the spec's rollout strategy,
     then route the gateway to it."""
+    from .keys import hand_over
+
     settings = app_settings(project, name, spec)
     dashboard = open_cluster(project)
+    hand_over(target)  # a provider version's keys, to the replicas that will call it (keys.py)
     rollout = _rollout(project, dashboard, report)
     outcome = rollout.run(settings, target, spec["rollout"])
     entries = gateway_entries(dashboard)
@@ -163,12 +166,26 @@ def _restorable(store: ArtifactStore, served: dict[str, Any]) -> ModelRef:
     """The ModelRef that served before, with its store objects (model, index) checked and
     their paths as they are on this machine."""
     fields = {**served, "store_url": store.url}
-    if not (served.get("base") or served.get("upstream")):  # a provider version has no weights in the store
+    if served.get("upstream"):
+        fields["fallbacks"] = _restorable_chain(store, served)
+    elif not served.get("base"):
         fields["path"] = _object_path(store, served["fingerprint"], served["version"])
     if served.get("knowledge"):
         index = served["knowledge"]
         fields["knowledge"] = {**index, "path": _object_path(store, index["fingerprint"], served["version"])}
     return ModelRef(**fields)
+
+
+def _restorable_chain(store: ArtifactStore, served: dict[str, Any]) -> list[dict[str, Any]]:
+    """A provider version's fallbacks as they can serve again: every provider model of the chain
+    still listed by its provider (asked now, as apply does), a TuningJob fallback still in the store."""
+    from ..providers.catalog import require_listed
+    from ..providers.client import Upstream
+
+    fallbacks = list(served.get("fallbacks") or [])
+    require_listed([Upstream.from_json(ref["upstream"]) for ref in [served, *fallbacks] if ref.get("upstream")])
+    return [{**ref, "path": _object_path(store, ref["fingerprint"], served["version"])} if ref.get("path") else ref
+            for ref in fallbacks]
 
 
 def _object_path(store: ArtifactStore, fingerprint: str, version: str) -> str:

@@ -49,7 +49,8 @@ def requested_model(body: bytes) -> tuple[str, bool]:
     if not isinstance(model, str) or not model:
         raise FrontError(400, "`model` is required: the name of a deployment (see GET /v1/models)",
                          "invalid_request", "model")
-    return model, data.get("stream") is True
+    # Anything but absent or false may stream (the ingress parses booleans leniently, e.g. "true").
+    return model, data.get("stream") not in (None, False)
 
 
 async def _replay(items: list[Any]) -> AsyncIterator[Any]:

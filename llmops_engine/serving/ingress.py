@@ -41,6 +41,10 @@ OUTCOME_HISTORY = 20000
 ANSWERED_BY = "x-llmops-answered-by"
 
 
+class CanaryFailed(Exception):
+    """A non-primary slot failed a stream before sending anything: the primary answers it."""
+
+
 def _pieces(text: str) -> list[str]:
     """Stream pieces: word-sized chunks (generation is batched, so the text is complete)."""
     return re.findall(r"\s*\S+|\s+$", text) or ([text] if text else [])
@@ -92,9 +96,16 @@ class Ingress:
             parsed = self._parse(body, endpoint, check_model=not routed)
             work, slot = self._work(parsed, endpoint), self._pick()
             if parsed.stream and endpoint == "chat" and self._streams(slot):
-                async for item in self._relay(slot, work, parsed, rid):
-                    yield item
-                return
+                try:
+                    async for item in self._relay(slot, work, parsed, rid):
+                        yield item
+                    return
+                except CanaryFailed:
+                    slot = self.config["primary"]  # nothing was sent yet: the stable version answers
+                if self._streams(slot):
+                    async for item in self._relay(slot, work, parsed, rid):
+                        yield item
+                    return
             slot, result = await self._dispatch(work, slot)
         except APIError as exc:
             yield {"status": exc.status, "body": exc.body(), "entry": {"error": exc.code or exc.message[:200]}}
@@ -205,7 +216,8 @@ class Ingress:
     async def _relay(self, slot: str, work: dict[str, Any], parsed: ChatRequest, rid: str) -> AsyncIterator[Any]:
         """A chat stream from a provider version, relayed chunk by chunk as the provider sends them
         (RelayedStream in openai_api.py), then the usage the provider reported into the log entry.
-        Not retried on another slot: the version's fallbacks are its retry."""
+        A canary that fails before its first chunk raises CanaryFailed (the primary answers instead, as
+        `_dispatch` does for a whole answer); once a chunk was relayed, nothing is retried."""
         started, version = time.monotonic(), self.config["slots"][slot]["version"]
         items = self.handles[slot].options(stream=True).stream.remote(work)
         try:
@@ -213,12 +225,15 @@ class Ingress:
         except TaskCancelledError as exc:
             raise ClientGone() from exc
         except Exception as exc:  # noqa: BLE001 - the replica failed: counts against its version
-            self._outcome(slot, False, time.monotonic() - started)
-            raise APIError(500, f"model replica failed: {type(exc).__name__}", "server_error") from None
+            first = {"error": {"status": 500, "code": "server_error", "message": f"model replica failed: {type(exc).__name__}"}}
+        if "head" in first and first["head"]["version"] != version:  # the slot was swapped under us
+            first = {"error": {"status": 500, "code": "server_error", "message": "model replica failed: version changed"}}
         if "error" in first:
             error = first["error"]
             if error["status"] >= 500:  # the request's own 4xx is no evidence about the version
                 self._outcome(slot, False, time.monotonic() - started)
+                if slot != self.config["primary"]:
+                    raise CanaryFailed()
             raise APIError(error["status"], error["message"], error["code"], error.get("param"))
         head = first["head"]
         sources, answered_by = head.get("sources"), head["answered_by"]
@@ -257,7 +272,7 @@ class Ingress:
                 raise ClientGone() from exc
             except Exception as exc:  # noqa: BLE001 - any replica failure counts against its version
                 self._outcome(attempt, False, time.monotonic() - started)
-                failure = type(exc).__name__
+                failure, last_error = type(exc).__name__, None
                 continue
             error = result.get("error")
             if error and error["status"] < 500:

@@ -222,7 +222,7 @@ class RelayedStream:
         self.include_usage, self.sources, self.answered_by = include_usage, sources, answered_by
         self.usage: dict[str, int] | None = None
         self.finish: str | None = None
-        self.failed = False
+        self.failed: str | None = None  # the error code of a provider that broke off mid-stream
 
     def events(self, item: dict[str, Any], pieces: Callable[[str], list[str]]) -> list[str]:
         if "chunk" in item:
@@ -233,8 +233,8 @@ class RelayedStream:
             return ([self._event({"role": "assistant", "content": ""})]
                     + [self._event({"content": piece}) for piece in pieces(gen["text"])]
                     + [self._finished(gen["finish_reason"])])
-        self.failed = True
         error = item["error"]
+        self.failed = error["code"]
         return [sse({"error": {"message": error["message"], "type": "server_error", "param": None, "code": error["code"]}})]
 
     def _relayed(self, chunk: dict[str, Any]) -> list[str]:
@@ -267,8 +267,9 @@ class RelayedStream:
     def totals(self) -> dict[str, Any]:
         """What the request log records of the stream: tokens as the provider counted them."""
         counts = self.usage or usage(0, 0)
+        failure = {"status": 502, "error": self.failed} if self.failed else {}  # not a success in the log
         return {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
-                "finish_reason": [self.finish]}
+                "finish_reason": [self.finish], **failure}
 
     def close(self) -> list[str]:
         tail = [sse({**self.head, "choices": [], "usage": self.usage})] if self.include_usage and self.usage else []

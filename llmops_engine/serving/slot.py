@@ -32,7 +32,8 @@ from ray import serve
 from ..errors import ChatTemplateError, ProviderError
 from .config import ModelRef
 from .openai_api import MAX_PROMPTS_PER_REQUEST
-from .relay import UNSUPPORTED_COMPLETIONS, chat_body, exhausted, gen_of, refused, relay_error
+from ..providers.chat import chat_body, gen_of
+from .relay import UNSUPPORTED_COMPLETIONS, exhausted, refused, relay_error
 
 
 def load_model(ref: ModelRef):
@@ -82,6 +83,8 @@ class ModelSlot:
         self.model = None
         self.retriever = None
         self.clients: dict[str, Any] = {}  # provider label -> ProviderClient (a provider version's chain)
+        self.key_hashes: dict[str, str] = {}  # SHA-256 of the provider keys the clients hold
+        self.retired: list[Any] = []  # clients of a version swapped out, closed on the next request
         self.load_error: dict[str, str] | None = None
         self.max_prompt_tokens = 1024
         self.batches = self.batched_requests = 0  # how full batches get (bench, tuning)
@@ -93,18 +96,25 @@ class ModelSlot:
         self._batched.set_max_batch_size(batching["max_batch_size"])
         self._batched.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
         ref = ModelRef.from_json(config.get("model"))
-        if _same_weights(ref, self.ref):
+        hashes = config.get("provider_key_sha256") or {}
+        if _same_weights(ref, self.ref) and hashes == self.key_hashes:
             self.ref = ref
             return
-        self.model, self.retriever, self.ref, self.load_error, self.clients = None, None, None, None, {}
-        gc.collect()  # free the old weights before loading the new ones
+        self.retired += self.clients.values()
+        if _same_weights(ref, self.ref):  # a rotated provider key: new clients, same weights
+            self.ref, self.clients = None, {}
+        else:
+            self.model, self.retriever, self.ref, self.clients = None, None, None, {}
+            gc.collect()  # free the old weights before loading the new ones
+        self.load_error, self.key_hashes = None, hashes
         if ref is None:
             return
         try:
-            self.retriever = load_retriever(ref)
-            local = ref.local_model()
-            self.model = load_model(local) if local else None
-            self.clients = provider_clients(ref)
+            if self.model is None and self.retriever is None:
+                self.retriever = load_retriever(ref)
+                local = ref.local_model()
+                self.model = load_model(local) if local else None
+            self.clients = provider_clients(ref, hashes)
         except Exception as exc:  # noqa: BLE001 - stay up and empty; the engine reads the error
             # Raising here would make Serve restart the replica again and again; an empty
             # slot that reports why is what the rollout needs to fail fast and clearly.
@@ -125,6 +135,7 @@ class ModelSlot:
         """One request: {"items": [{"prompt"} | {"instruction", "input"}], "params": {...}, "live"}."""
         if self.ref is None:
             raise RuntimeError("this slot holds no model")
+        await self._close_retired()
         version = self.ref.version
         if request.get("live") and self.ref.fault_error_rate and random.random() < self.ref.fault_error_rate:
             raise RuntimeError(f"injected fault in model version {version}")
@@ -140,6 +151,7 @@ class ModelSlot:
         chunks when the provider broke off mid-stream (nothing is retried once a token was relayed)."""
         if self.ref is None or self.ref.upstream is None:
             raise RuntimeError("this slot holds no provider version")
+        await self._close_retired()
         version = self.ref.version
         items, sources = await self._grounded(request["items"])
         if any("instruction" not in item for item in items):
@@ -176,6 +188,12 @@ class ModelSlot:
                 yield head
             return
         yield {"error": exhausted(failures), "version": version}
+
+    async def _close_retired(self) -> None:
+        """Close the HTTP clients of a version swapped out (reconfigure cannot await)."""
+        retired, self.retired = self.retired, []
+        for client in retired:
+            await client.aclose()
 
     async def _relayed(self, request: dict[str, Any], items: list[dict[str, Any]],
                        sources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -308,16 +326,18 @@ class ModelSlot:
                 "finish_reason": "stop" if stopped else out.finish_reason}
 
 
-def provider_clients(ref: ModelRef) -> dict[str, Any]:
-    """An HTTP client for each provider model of a version's chain, with its key from this
-    replica's environment (its runtime env, set by the deploying apply)."""
-    from llmops_engine.providers.client import ProviderClient, Upstream, api_key
+def provider_clients(ref: ModelRef, key_hashes: dict[str, str]) -> dict[str, Any]:
+    """An HTTP client for each provider model of a version's chain, with the key the deploying
+    apply handed over (keys.py; checked against the hash in this slot's config)."""
+    from llmops_engine.providers.client import ProviderClient, Upstream
+    from llmops_engine.serving.keys import fetch
 
+    keys = fetch(key_hashes)
     clients = {}
     for member in ref.chain():
         if member.upstream is not None:
             upstream = Upstream.from_json(member.upstream)
-            clients[member.label] = ProviderClient(upstream, api_key(upstream))
+            clients[member.label] = ProviderClient(upstream, keys.get(upstream.api_key_env or ""))
     return clients
 
 

@@ -126,6 +126,12 @@ class DeploymentSpec(KindSpec):
         if self.fallbacks and not self.serves_provider():
             message = "fallbacks take over when a provider fails; this deployment's model is not a provider's"
             raise FieldError(("fallbacks", message))
+        local = [i for i, fallback in enumerate(self.fallbacks) if not is_provider_ref(fallback)]
+        if len(local) > 1 or (local and local[0] != len(self.fallbacks) - 1):
+            at = local[1] if len(local) > 1 else local[0]
+            message = ("a replica loads one local model (a TuningJob or a model ref), and it answers whatever reaches "
+                       "it: give at most one, as the last fallback")
+            raise FieldError((f"fallbacks.{at}", message))
         seen = [self.model]
         for index, fallback in enumerate(self.fallbacks):
             if ":" in fallback and not (is_model_ref(fallback) or is_provider_ref(fallback)):
