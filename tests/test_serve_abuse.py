@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from llmops_engine.serving.openai_api import (
     MAX_PROMPTS_PER_REQUEST, ChatRequest, CompletionRequest, validation_message,
 )
 from llmops_engine.specs.deployment import DeploymentSpec
+from tests.test_serve_live import _serve_port
 
 APP = "abuse-api"
 ROUTE = "/abuse"
@@ -156,16 +156,6 @@ def _qlora_artifact(store) -> str:
         "quantization": QUANTIZATION, "version": fingerprint[:12]}))
     store.publish(fingerprint, staging)
     return fingerprint
-
-
-def _serve_port(project: Project) -> int:
-    """Serve's HTTP proxy is one per cluster: reuse its port when another module started Serve."""
-    running = (open_cluster(project).details().get("http_options") or {}).get("port")
-    if running:
-        return int(running)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -49,10 +49,11 @@ FAST = {"window_s": 1.5, "max_error_rate": 0.05, "min_requests": 3}
 
 
 def _serve_port(project: Project) -> int:
-    """Serve's HTTP proxy is one per cluster: reuse its port when another module started it."""
-    details = open_cluster(project).details()
-    if details.get("applications") and (details.get("http_options") or {}).get("port"):
-        return int(details["http_options"]["port"])
+    """Serve's HTTP proxy is one per cluster: reuse its port when another module started Serve (even
+    if that module has since removed its applications: the proxy keeps the port it started on)."""
+    running = (open_cluster(project).details().get("http_options") or {}).get("port")
+    if running:
+        return int(running)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -70,11 +70,8 @@ def deploy(
 ) -> tuple[Outcome, dict[str, Any], Dashboard]:
     """Make `target` the live version of application `name` per the spec's rollout strategy,
     then route the gateway to it."""
-    from .keys import hand_over
-
     settings = app_settings(project, name, spec)
     dashboard = open_cluster(project)
-    hand_over(target)  # a provider version's keys, to the replicas that will call it (keys.py)
     rollout = _rollout(project, dashboard, report)
     outcome = rollout.run(settings, target, spec["rollout"])
     entries = gateway_entries(dashboard)

@@ -145,7 +145,13 @@ class Rollout:
 
     # Serve interactions -----------------------------------------------------------
     def _put(self, settings: AppSettings, routing: Routing) -> None:
-        self.dashboard.put_application(app_config(settings, routing), self.http_options)
+        from .keys import hand_over
+
+        config = app_config(settings, routing)  # refuses a provider key unset here, before anything moves
+        for model in routing.models.values():
+            if model is not None:
+                hand_over(model)  # the keys each slot's config names by hash, to the replicas (keys.py)
+        self.dashboard.put_application(config, self.http_options)
 
     def _route(self, settings: AppSettings, routing: Routing) -> None:
         self._put(settings, routing)
