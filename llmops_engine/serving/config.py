@@ -12,7 +12,8 @@ front of all Deployments: its user_config maps each deployment to its app, key h
 model ids, and it forwards requests to the chosen app's ingress through a Serve handle. A
 Deployment's own app is HTTP-exposed only when its spec sets an explicit `route_prefix`.
 
-This module is pure (no Ray, no I/O) so `plan`, `observe` and the tests can use it.
+This module is pure (no Ray, no I/O; it reads only the environment, for the hashes of provider
+keys) so `plan`, `observe` and the tests can use it.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def provider_key_hashes(model: ModelRef | None) -> dict[str, str]:
     if unset:
         raise DeploymentError(f"model version {model.version} calls a provider with the key in ${unset[0]}, which is "
                               "unset or empty here; export it and apply again (nothing changed live)")
-    return {name: hashlib.sha256(os.environ[name].encode()).hexdigest() for name in names}
+    return {name: hash_key(os.environ[name]) for name in names}
 
 
 # the gateway ---------------------------------------------------------------------

@@ -13,14 +13,13 @@ Imports Ray: the serving path only (deploy, slot).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 
 import ray
 
 from ..errors import DeploymentError
-from .config import ModelRef, provider_key_hashes
+from .config import ModelRef, hash_key, provider_key_hashes
 
 KEYS_ACTOR = "llmops-provider-keys"
 NAMESPACE = "llmops"
@@ -59,11 +58,8 @@ def fetch(hashes: dict[str, str]) -> dict[str, str]:
     holder = ray.get_actor(KEYS_ACTOR, namespace=NAMESPACE)
     keys = ray.get(holder.get.remote(sorted(hashes)), timeout=FETCH_TIMEOUT_S)
     for name, digest in hashes.items():
-        if name not in keys or not hmac.compare_digest(_sha256(keys[name]), digest):
+        if name not in keys or not hmac.compare_digest(hash_key(keys[name]), digest):
             raise DeploymentError(f"the key handed over for ${name} is missing or not the one this version was "
                                   "deployed with; apply again")
     return keys
 
-
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
