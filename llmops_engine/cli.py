@@ -317,6 +317,59 @@ def rollback(
 
 
 @app.command()
+def loadtest(
+    deployment: str = typer.Argument(..., help="metadata.name of an applied Deployment."),
+    directory: Optional[Path] = DirOption,
+    clients: Optional[int] = typer.Option(None, "--clients", help="Concurrent virtual users (default: the spec's, else 8)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of load (default: the spec's, else 20)."),
+    max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Stop after this many requests."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="max_tokens of each request (default 32)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    lock_timeout: float = typer.Option(30.0, "--lock-timeout", help="Seconds to wait for a running apply before saving."),
+) -> None:
+    """Load the deployment's own endpoint with streamed chat requests and report RPS, latency,
+    time to first token, tokens/s and errors; judged by the spec's rollout.load_test.thresholds.
+    The result is kept in the deployment's record (see `llmops status`). Exit 3 when a threshold fails."""
+    from .errors import GateFailed
+    from .loadtest.command import loadtest as run_loadtest
+    from .loadtest.results import result_rows
+
+    def show(entry: dict) -> None:
+        if as_json:
+            print(json.dumps(entry, indent=2))
+            return
+        table = Table("measure", "value", title=f"load test of {deployment}")
+        for measure, value in result_rows(entry):
+            table.add_row(measure, value)
+        console.print(table)
+        if entry["verdict"] is not None:
+            style = "green" if entry["verdict"]["passed"] else "red"
+            console.print(f"[{style}]thresholds: {entry['verdict']['summary']}[/{style}]", highlight=False)
+
+    overrides = {"clients": clients, "duration_s": duration, "max_requests": max_requests, "max_tokens": max_tokens}
+    with user_errors(directory=directory):
+        entry = run_loadtest(_project(directory), deployment, overrides, show, lock_timeout,
+                             report=lambda line: errors.print(line, highlight=False, markup=False))
+        if entry["verdict"] is not None and not entry["verdict"]["passed"]:
+            raise GateFailed(f"load test of {deployment}: {entry['verdict']['summary']}")
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    directory: Optional[Path] = DirOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the page (default: <state dir>/report.html)."),
+) -> None:
+    """One self-contained HTML page (opens offline): resources, loss curves, evaluations, retrieval,
+    guardrails, rollout and load-test history, request latency. Prints the path written."""
+    from .reporting import write_report
+
+    with user_errors(directory=directory):
+        path = write_report(_engine(ctx, directory), out)
+    print(path)
+
+
+@app.command()
 def down(directory: Optional[Path] = DirOption) -> None:
     """Stop the local Ray head that `apply` started (deployments stop with it)."""
     from .raycluster import stop_local

@@ -115,6 +115,11 @@ class ProviderError(ControllerError):
         return type(self), (str(self), self.code, self.status, self.client_fault)
 
 
+class GuardrailError(ControllerError):
+    """A guardrail policy or its test cases cannot be used (a bad cases line, an unreadable schema file,
+    a tokenizer that cannot be loaded); nothing is published and live deployments keep their policy."""
+
+
 class GateFailed(ControllerError):
     """An evaluation ran and its thresholds were not met (or the gate has no result for a model).
 
@@ -147,6 +152,12 @@ class RolloutFailed(DeploymentError):
     """A canary or blue-green analysis failed and the rollout was rolled back."""
 
     exit_code = 6
+
+
+class LoadTestError(LLMOpsError):
+    """A load test cannot run: the deployment was never applied, its recorded endpoint is not this
+    project's serve address, its API key is unset, or the load asked for is out of bounds. (A load
+    test that ran and missed its thresholds is a GateFailed.)"""
 
 
 class ClusterError(LLMOpsError):

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from .engine import Engine
 from .execute import ApplyResult
+from .loadtest.results import last_load_test, summary_line
 from .state.records import ResourceRecord
 
 
@@ -163,10 +164,12 @@ def _row(key: str, record, desired_fp: str | None) -> dict:
 
 def _summary(outputs: dict) -> str:
     shown = []
-    for key in ("model_version", "passed", "train_rows", "eval_rows", "documents", "chunks", "endpoint", "template_hash",
-                "final_loss"):
+    for key in ("model_version", "passed", "cases", "train_rows", "eval_rows", "documents", "chunks", "endpoint",
+                "template_hash", "final_loss"):
         if key in outputs:
             value = outputs[key]
             value = value[:12] if key == "template_hash" else value
             shown.append(f"{key}={value}")
+    if last := last_load_test(outputs):
+        shown.append(f"| {summary_line(last)}")
     return " ".join(shown)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up, then reconcile the example project in specs/: data → validation → QLoRA tuning
-# → evaluation gate → Ray Serve deployment. Run it again: it is a no-op.
+# → evaluation gate → Ray Serve deployment, then `llmops report`. Run it again: it is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -12,4 +12,8 @@ if [ -z "${LLMOPS_API_KEYS:-}" ]; then
   LLMOPS_API_KEYS=$(cat .llmops/demo-api-key)
   export LLMOPS_API_KEYS
 fi
-exec .venv/bin/llmops apply "$@"
+status=0
+.venv/bin/llmops apply "$@" || status=$?
+# The page to look at: resources, loss curves, evaluations, guardrails, rollouts, load tests, latency.
+.venv/bin/llmops report || true
+exit "$status"

@@ -12,6 +12,34 @@ TORCH_VERSION=2.13.0
 stamp=.venv/.llmops-installed
 extras=test${LLMOPS_EXTRAS:+,$LLMOPS_EXTRAS}
 want=$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)
+# Debian's chromium, which the HTML report's browser test drives (tests/browser.py). A system
+# package, so it is checked on every run, outside the pip stamp below; installed only where
+# setup may (root, or passwordless sudo) and apt-get exists. Elsewhere the test is skipped,
+# except on CI, where it fails and names this step.
+install_chromium() {
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+    return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if ! sudo -n true 2>/dev/null; then
+      echo "setup: chromium is missing (the report's browser test needs it): apt-get install -y --no-install-recommends chromium" >&2
+      return 0
+    fi
+    sudo="sudo -n"
+  fi
+  local apt_log
+  apt_log=$(mktemp "${TMPDIR:-/tmp}/llmops-setup-apt.XXXXXX.log")
+  echo "setup: installing chromium (apt-get)"
+  if { $sudo apt-get update && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; } >"$apt_log" 2>&1; then
+    rm -f "$apt_log"
+  else
+    tail -n 20 "$apt_log" >&2
+    echo "setup: installing chromium failed (the report's browser test will not run); the output is in $apt_log" >&2
+  fi
+}
+install_chromium
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

@@ -75,7 +75,7 @@ def test_schema_command_writes_schema(tmp_path):
     out = tmp_path / "s.json"
     assert invoke("schema", "--out", out).exit_code == 0
     schema = json.loads(out.read_text())
-    assert set(schema["properties"]["kind"]["enum"]) == {"Dataset", "Prompt", "KnowledgeBase", "Provider", "TuningJob", "Evaluation", "Deployment"}
+    assert set(schema["properties"]["kind"]["enum"]) == {"Dataset", "Prompt", "KnowledgeBase", "Provider", "Guardrail", "TuningJob", "Evaluation", "Deployment"}
 
 
 def test_init_scaffolds_a_valid_project(tmp_path):
@@ -94,7 +94,7 @@ def test_missing_plan_file_is_a_clear_error(root):
 HEAVY = ("torch", "ray", "great_expectations", "transformers", "peft", "dvc", "pandas")
 
 
-@pytest.mark.parametrize("command", [["--help"], ["validate"], ["plan"], ["status"]])
+@pytest.mark.parametrize("command", [["--help"], ["validate"], ["plan"], ["status"], ["report"]])
 def test_light_commands_import_nothing_heavy(root, command):
     probe = (
         "import sys, runpy\n"

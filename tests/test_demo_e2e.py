@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import render_offline, screenshot_dir
+
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PATHS = ("specs", "kb", "llmops.yaml", "llmops.params.yaml", "data.dvc", ".dvc", ".dvcignore", "data", "dvc.yaml", "dvc.lock", "schema")
+DEMO_PATHS = ("specs", "kb", "guardrails", "llmops.yaml", "llmops.params.yaml", "data.dvc", ".dvc", ".dvcignore", "data", "dvc.yaml", "dvc.lock", "schema")
 
 
 def free_port() -> int:
@@ -99,5 +101,24 @@ def test_demo_apply_end_to_end(tmp_path):
         for path in (root / ".llmops").rglob("*"):
             if path.is_file() and path.stat().st_size < 5_000_000:
                 assert key.encode() not in path.read_bytes(), f"API key written to {path}"
+        check_report(root, env, tmp_path)
     finally:
         llmops(root, "down", env=env, timeout=120)
+
+
+def check_report(root: Path, env: dict, tmp_path: Path) -> None:
+    """`llmops report` after the demo: its resources, the evaluation tables, and a clean offline render."""
+    started = time.monotonic()
+    report = llmops(root, "report", env=env, timeout=300)
+    print(f"llmops report: {time.monotonic() - started:.2f} s")
+    assert report.returncode == 0, report.stdout + report.stderr
+    page = Path(report.stdout.strip())
+    html = page.read_text()
+    for name in ("support-lora", "support-gate", "rag-comparison", "nimbus-docs", "support-api", "help-center"):
+        assert name in html, name
+    assert '<table class="metrics">' in html and '<table class="regression">' in html and '<table class="gate">' in html
+    shot = screenshot_dir(tmp_path) / "demo-report.png"
+    seen = render_offline(page, ["svg.chart", "table"], shot)
+    print(f"demo report screenshot: {shot}")
+    assert not (seen.network or seen.console_errors or seen.page_errors), (seen.network, seen.console_errors, seen.page_errors)
+    assert seen.counts["svg.chart"]["visible"] >= 5 and seen.counts["table"]["visible"] >= 5

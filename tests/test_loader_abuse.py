@@ -144,6 +144,7 @@ def test_validate_accepts_the_demo_on_a_fresh_clone(tmp_path):
     root = tmp_path / "clone"
     shutil.copytree(REPO / "specs", root / "specs")
     shutil.copytree(REPO / "kb", root / "kb")  # the help center is in git too
+    shutil.copytree(REPO / "guardrails", root / "guardrails")  # and the guardrail cases
     for name in ("llmops.yaml", "data.dvc", "data/general_chat.jsonl", "data/regression/general_qa.jsonl"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)  # in git, unlike the tickets

@@ -259,12 +259,14 @@ def test_first_version_serves_the_openai_api(live, versions):
     assert httpx.get(f"{root}/healthz").json() == {"status": "ok"}  # the gateway's: it names no deployment
     assert _served_version(live.url) == versions["v1"][:12]
     metrics = httpx.get(f"{root}/metrics").text
-    assert f'llmops_requests_total{{deployment="{APP}",model_version="{versions["v1"][:12]}",endpoint="chat",status="200"}} 2' in metrics
-    assert "llmops_request_latency_seconds_bucket" in metrics and 'kind="completion"' in metrics
+    labels = f'deployment="{APP}",version="{versions["v1"][:12]}"'
+    assert f'llmops_requests_total{{{labels},endpoint="chat",code="200"}} 2' in metrics
+    assert f'llmops_request_duration_seconds_count{{{labels}}} 3' in metrics and 'kind="completion"' in metrics
+    assert f'llmops_time_to_first_token_seconds_count{{{labels}}} 1' in metrics  # the one streamed answer
     # unauthenticated attempts are counted, never logged (anonymous clients cannot grow the log)
     assert 'llmops_unauthenticated_requests_total{endpoint="models"} 1' in metrics
     assert 'llmops_unauthenticated_requests_total{endpoint="completions"} 1' in metrics
-    assert 'status="401"' not in metrics
+    assert 'code="401"' not in metrics
 
     entries = read_logs(live.project, APP, limit=100)
     assert {e["status"] for e in entries} == {200, 400}
@@ -435,7 +437,7 @@ def test_client_disconnects_are_499_and_never_count_against_a_version(live):
     assert not [e for e in logged if e["status"] >= 500]
     outcomes = ingress.outcomes_since.remote(start).result(timeout_s=30)["slots"]
     assert outcomes and all(ok for samples in outcomes.values() for _, ok, _ in samples)
-    assert 'endpoint="completions",status="499"}' in httpx.get(live.url.removesuffix("/v1") + "/metrics").text
+    assert 'endpoint="completions",code="499"}' in httpx.get(live.url.removesuffix("/v1") + "/metrics").text
 
 
 def test_a_slow_body_times_out_with_408(live):

@@ -5,6 +5,7 @@ deployment gate. The live behaviour is in test_serve_live.py."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -126,15 +127,40 @@ def test_grounded_answers_carry_their_sources_in_the_response_and_the_stream_fin
     assert [e for e in events if "sources" in e] == [finish]
 
 
-def test_metrics_exposition_has_counters_and_a_cumulative_histogram():
+def _logged(latency_ms: float, **more) -> dict:
+    return {**{"deployment": "api", "model_version": "v1", "endpoint": "chat", "status": 200, "latency_ms": latency_ms,
+               "prompt_tokens": 4, "completion_tokens": 1}, **more}
+
+
+def test_metrics_exposition_has_counters_and_cumulative_histograms():
     metrics = Metrics()
-    metrics.observe("api", "v1", "chat", 200, 0.03, 4, 7)
-    metrics.observe("api", "v1", "chat", 200, 3.0, 4, 1)
+    metrics.observe(_logged(30, completion_tokens=7, ttft_ms=12, retrieval_ms=3))
+    metrics.observe(_logged(3000, status=400, guardrails=[{"check": "safety/pii", "stage": "input", "action": "mask"},
+                                                         {"check": "safety/deny_list", "stage": "output", "action": "block"}]))
     text = metrics.render()
-    assert 'llmops_requests_total{deployment="api",model_version="v1",endpoint="chat",status="200"} 2' in text
-    assert 'llmops_request_latency_seconds_bucket{deployment="api",model_version="v1",le="0.05"} 1' in text
-    assert 'llmops_request_latency_seconds_bucket{deployment="api",model_version="v1",le="+Inf"} 2' in text
-    assert 'llmops_tokens_total{deployment="api",model_version="v1",kind="completion"} 8' in text
+    assert 'llmops_requests_total{deployment="api",version="v1",endpoint="chat",code="200"} 1' in text
+    assert 'llmops_requests_total{deployment="api",version="v1",endpoint="chat",code="400"} 1' in text
+    assert 'llmops_request_duration_seconds_bucket{deployment="api",version="v1",le="0.05"} 1' in text
+    assert 'llmops_request_duration_seconds_bucket{deployment="api",version="v1",le="+Inf"} 2' in text
+    assert 'llmops_time_to_first_token_seconds_bucket{deployment="api",version="v1",le="0.025"} 1' in text
+    assert 'llmops_time_to_first_token_seconds_count{deployment="api",version="v1"} 1' in text
+    assert 'llmops_retrieval_duration_seconds_bucket{deployment="api",version="v1",le="0.0025"} 0' in text
+    assert 'llmops_retrieval_duration_seconds_bucket{deployment="api",version="v1",le="0.005"} 1' in text
+    assert 'llmops_tokens_total{deployment="api",version="v1",kind="completion"} 8' in text
+    assert ('llmops_guardrail_actions_total{deployment="api",guardrail="safety",check="pii",stage="input",'
+            'action="mask"} 1') in text
+    assert 'check="deny_list",stage="output",action="block"} 1' in text
+    # every family is declared once, and every sample line parses as name{labels} value
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(families) == len(set(families)) == 8
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert all(re.fullmatch(r'[a-z_]+(\{[^{}]*\})? \d+(\.\d+)?', line) for line in samples), samples
+
+
+def test_label_values_are_escaped():
+    metrics = Metrics()
+    metrics.observe(_logged(5, deployment='a"b\\c\nd'))
+    assert 'deployment="a\\"b\\\\cd"' in metrics.render()
 
 
 def test_unauthenticated_requests_are_a_counter():
@@ -286,3 +312,22 @@ def test_the_gateway_reads_only_model_and_stream_and_refuses_bodies_without_a_mo
         got = f"{exc.status} {exc.code}"
     assert got == answer
 
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"guardrails": ["safety", "pii", "safety"]}, "listed twice"),
+    ({"rollout": {"load_test": {"clients": 0}}}, "greater than or equal to 1"),
+    ({"rollout": {"load_test": {"duration_s": 601}}}, "less than or equal to 600"),
+    ({"rollout": {"load_test": {"thresholds": {"error_rate": 2}}}}, "less than or equal to 1"),
+    ({"rollout": {"load_test": {"thresholds": {"p95": 5}}}}, "Extra inputs are not permitted"),
+])
+def test_guardrail_lists_and_load_tests_are_checked(overrides, problem):
+    with pytest.raises(ValueError, match=problem):
+        DeploymentSpec.model_validate({"model": "m", "prompt": "p", "gate": None, "auth": "none", **overrides})
+
+
+def test_a_deployment_references_its_guardrails_in_order():
+    spec = DeploymentSpec.model_validate({"model": "m", "prompt": "p", "gate": None, "auth": "none",
+                                          "guardrails": ["safety", "pii"]})
+    assert [(r.field, r.kind, r.name) for r in spec.references() if r.kind == "Guardrail"] == [
+        ("spec.guardrails.0", "Guardrail", "safety"), ("spec.guardrails.1", "Guardrail", "pii")]

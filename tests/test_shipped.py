@@ -13,7 +13,7 @@ def test_every_shipped_spec_loads():
     project = load_project(REPO)
     resources = load_resources(project.root, project.settings.spec_dirs)
     kinds = {r.kind for r in resources}
-    assert kinds == {"Dataset", "Prompt", "KnowledgeBase", "TuningJob", "Evaluation", "Deployment"}
+    assert kinds == {"Dataset", "Prompt", "KnowledgeBase", "Guardrail", "TuningJob", "Evaluation", "Deployment"}
 
 
 def test_committed_schema_is_up_to_date():

@@ -21,6 +21,7 @@ BUILTIN = {
     "Provider": "llmops_engine.controllers.provider:ProviderController",
     "TuningJob": "llmops_engine.controllers.tuning:TuningController",
     "Evaluation": "llmops_engine.controllers.evaluation:EvaluationController",
+    "Guardrail": "llmops_engine.controllers.guardrail:GuardrailController",
     "Deployment": "llmops_engine.controllers.deployment:DeploymentController",
 }
 

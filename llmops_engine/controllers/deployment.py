@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,8 +34,11 @@ class DeploymentController(BaseController):
 
         spec = resource.normalized_spec()
         target = self._target(resource, ctx)
-        outcome, config, dashboard = deploy(ctx.project, resource.name, spec, target, ctx.report)
-        previous = _previous_served(ctx.records.get(resource.key), outcome, target)
+        policies = _guardrail_policies(resource, ctx)
+        messages = _load_messages(ctx, spec)
+        outcome, config, dashboard = deploy(ctx.project, resource.name, spec, target, ctx.report, policies, messages)
+        record = ctx.records.get(resource.key)
+        previous = _previous_served(record, outcome, target)
         _write_artifacts(staging, config, outcome)
         return {
             "model_fingerprint": target.fingerprint,
@@ -53,6 +57,9 @@ class DeploymentController(BaseController):
             "slot": outcome.routing.primary,
             "strategy": resource.spec.rollout.strategy,
             "canary_analysis": outcome.steps,
+            "guardrails": [{"name": name, "policy_sha256": _digest(policy)} for name, policy in zip(resource.spec.guardrails, policies)],
+            "guardrail_policies": policies,  # what `llmops rollback` serves again
+            "load_tests": _load_history(record, outcome, target),
             "dashboard_url": dashboard.url,
             "serve_config_digest": config_digest(config),
         }
@@ -145,6 +152,46 @@ class DeploymentController(BaseController):
         if config_digest(config) != record.outputs.get("serve_config_digest"):
             return "live app differs: its Serve config was changed outside llmops"
         return _provider_drift(record, project)
+
+
+def _guardrail_policies(resource: Resource, ctx: ApplyContext) -> list[dict]:
+    """The compiled policy of each Guardrail the Deployment names, in order; each must have passed its cases."""
+    policies = []
+    for name in resource.spec.guardrails:
+        key = f"Guardrail/{name}"
+        try:
+            outputs = ctx.outputs_of(key)
+        except KeyError as exc:
+            raise GateFailed(f"{key} has no result; apply it before {resource.key}") from exc
+        if not outputs.get("passed"):
+            raise GateFailed(f"{key} did not pass its test cases; nothing changed live")
+        policies.append(outputs["policy"])
+    return policies
+
+
+def _digest(policy: dict) -> str:
+    from ..fingerprint import canonical_json
+
+    return hashlib.sha256(canonical_json(policy).encode()).hexdigest()
+
+
+def _load_messages(ctx: ApplyContext, spec: dict) -> list[list[dict]] | None:
+    """What a rollout's load test asks: the deployment's eval questions (none without a load test)."""
+    if not spec["rollout"].get("load_test"):
+        return None
+    from ..loadtest.messages import load_messages
+
+    return load_messages(ctx.store, ctx.records, spec)
+
+
+def _load_history(record: ResourceRecord | None, outcome, target) -> list[dict]:
+    """The record's load tests (`llmops loadtest` adds to them too), newest last, with this rollout's."""
+    from ..loadtest.results import with_load_test
+
+    outputs = record.outputs if record else {}
+    for result in outcome.load_tests:
+        outputs = with_load_test(outputs, {**result, "model_version": target.version, "time": time.time()})
+    return outputs.get("load_tests") or []
 
 
 def _provider_drift(record: ResourceRecord, project: Project) -> str | None:

@@ -123,6 +123,7 @@ class AppSettings:
     spec: dict[str, Any]  # the Deployment spec, normalized (model_dump(mode="json"))
     key_hashes: list[str] | None  # SHA-256 hex of each API key; None = open endpoint
     log_path: str
+    guardrails: list[dict[str, Any]] = field(default_factory=list)  # the Guardrails' compiled policies, in order
 
 
 def hash_key(key: str) -> str:
@@ -140,7 +141,8 @@ def app_config(settings: AppSettings, routing: Routing) -> dict[str, Any]:
         "runtime_env": {"env_vars": dict(OFFLINE_ENV)},
         # The ingress writes its own request log; Serve's access log would only add noise.
         "logging_config": {"log_level": "WARNING", "enable_access_log": False},
-        "deployments": [_ingress(settings, routing)] + [_slot(spec, slot, routing.models[slot]) for slot in SLOTS],
+        "deployments": [_ingress(settings, routing)]
+        + [_slot(spec, slot, routing.models[slot], settings.guardrails) for slot in SLOTS],
     }
 
 
@@ -160,11 +162,12 @@ def _ingress(settings: AppSettings, routing: Routing) -> dict[str, Any]:
             "limits": spec["limits"],
             "log_path": settings.log_path,
             "log_payloads": spec["log_payloads"],
+            **({"guardrails": settings.guardrails} if settings.guardrails else {}),
         },
     }
 
 
-def _slot(spec: dict[str, Any], slot: str, model: ModelRef | None) -> dict[str, Any]:
+def _slot(spec: dict[str, Any], slot: str, model: ModelRef | None, guardrails: list[dict[str, Any]]) -> dict[str, Any]:
     batching = spec["batching"]
     replicas = spec["replicas"]
     scaling: dict[str, Any]
@@ -190,6 +193,8 @@ def _slot(spec: dict[str, Any], slot: str, model: ModelRef | None) -> dict[str, 
             "max_prompt_tokens": spec["limits"]["max_prompt_tokens"],
             "batching": batching,
             **({"provider_key_sha256": hashes} if (hashes := provider_key_hashes(model)) else {}),
+            # retrieved chunks pass the input checks too (slot.py retrieves)
+            **({"guardrails": guardrails} if guardrails and model and model.knowledge else {}),
         },
     }
 

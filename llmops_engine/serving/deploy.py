@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any, Callable
 
-from ..errors import DeploymentError, LLMOpsError
+from ..errors import DeploymentError, LLMOpsError, RolloutFailed
 from ..project import Project
 from ..state.artifacts import ArtifactStore
 from ..state.stores import open_store
@@ -22,7 +22,7 @@ from .config import (
 )
 from .logs import log_path
 from .rest import Dashboard, http_options
-from .rollout import Outcome, Rollout
+from .rollout import Outcome, Rollout, guarded_load
 
 
 def endpoint(project: Project, route_prefix: str = GATEWAY_ROUTE) -> str:
@@ -46,13 +46,13 @@ def key_hashes(spec: dict[str, Any]) -> list[str] | None:
     return [hash_key(k) for k in keys]
 
 
-def app_settings(project: Project, name: str, spec: dict[str, Any]) -> AppSettings:
+def app_settings(project: Project, name: str, spec: dict[str, Any], guardrails: list[dict[str, Any]]) -> AppSettings:
     # Records written before the gateway existed say "/", which is the gateway's now.
     prefix = spec.get("route_prefix")
     limits = {"body_timeout_s": 10.0, **spec["limits"]}  # ditto: older records lack it
     return AppSettings(name=name, route_prefix=None if prefix == GATEWAY_ROUTE else prefix,
                        spec={**spec, "limits": limits}, key_hashes=key_hashes(spec),
-                       log_path=str(log_path(project, name).resolve()))
+                       log_path=str(log_path(project, name).resolve()), guardrails=guardrails)
 
 
 def open_cluster(project: Project) -> Dashboard:
@@ -67,17 +67,61 @@ def open_cluster(project: Project) -> Dashboard:
 
 def deploy(
     project: Project, name: str, spec: dict[str, Any], target: ModelRef, report: Callable[[str], None] = print,
+    guardrails: list[dict[str, Any]] | None = None, messages: list[list[dict[str, str]]] | None = None,
 ) -> tuple[Outcome, dict[str, Any], Dashboard]:
-    """Make `target` the live version of application `name` per the spec's rollout strategy,
-    then route the gateway to it."""
-    settings = app_settings(project, name, spec)
+    """Make `target` the live version of application `name` per the spec's rollout strategy (under
+    its load test, asking `messages`), with the Guardrails' compiled policies, then route the gateway
+    to it. A first version that fails its load test is taken down again (there is nothing to roll back to)."""
+    settings = app_settings(project, name, spec, guardrails or [])
     dashboard = open_cluster(project)
     rollout = _rollout(project, dashboard, report)
-    outcome = rollout.run(settings, target, spec["rollout"])
+    load = load_test(project, name, spec, messages)
+    first = _live_version(dashboard, name) is None
+    outcome = rollout.run(settings, target, spec["rollout"], None if first else load)
     entries = gateway_entries(dashboard)
     entries[name] = gateway_entry(settings, outcome.routing.live_version)
     rollout.publish(entries, _gateway_log(project))
+    if first and load is not None:
+        outcome = _first_under_load(project, name, outcome, load, report)
     return outcome, app_config(settings, outcome.routing), dashboard
+
+
+def load_test(project: Project, name: str, spec: dict[str, Any],
+              messages: list[list[dict[str, str]]] | None) -> Callable[[], dict[str, Any]] | None:
+    """The spec's `rollout.load_test` against this deployment's own endpoint, or None."""
+    test = spec["rollout"].get("load_test")
+    if not test:
+        return None
+    from ..loadtest.generator import run_load
+    from ..loadtest.target import deployment_target
+    from ..loadtest.thresholds import judge_load
+
+    target = deployment_target(project, name, spec)
+
+    def run() -> dict[str, Any]:
+        result = run_load(target, test["clients"], test["duration_s"], max_requests=test["max_requests"],
+                          max_tokens=test["max_tokens"], messages=messages)
+        return {**result, "source": "rollout", "verdict": judge_load(result, test["thresholds"])}
+
+    return run
+
+
+def _first_under_load(project: Project, name: str, outcome: Outcome, load: Callable[[], dict[str, Any]],
+                      report: Callable[[str], None]) -> Outcome:
+    result = guarded_load(load)
+    report(f"  {name}: load test: {result['verdict']['summary']}")
+    if not result["verdict"]["passed"]:
+        undeploy(project, name)
+        raise RolloutFailed(f"the first model version {outcome.routing.live_version} of {name} failed its load test: "
+                            f"{result['verdict']['summary']}; it was taken down (no earlier version to roll back to)")
+    return Outcome(outcome.routing, outcome.previous, outcome.steps, [result])
+
+
+def _live_version(dashboard: Dashboard, name: str) -> str | None:
+    from .config import routing_of
+
+    live = dashboard.application(name)
+    return routing_of(live["deployed_app_config"]).live_version if live and live.get("deployed_app_config") else None
 
 
 def undeploy(project: Project, name: str) -> None:
@@ -133,8 +177,9 @@ def _rollback(project: Project, store: ArtifactStore, name: str, report: Callabl
     if not previous:
         raise DeploymentError(f"Deployment '{name}' has no previous model version to roll back to")
     target = _restorable(store, previous)
-    spec = {**record.spec, "rollout": {**record.spec["rollout"], "strategy": "rolling"}}
-    outcome, config, dashboard = deploy(project, name, spec, target, report)
+    # A rollback is the way back from trouble: a quick switch, no load test in the way.
+    spec = {**record.spec, "rollout": {**record.spec["rollout"], "strategy": "rolling", "load_test": None}}
+    outcome, config, dashboard = deploy(project, name, spec, target, report, record.outputs.get("guardrail_policies"))
     outputs = {
         **record.outputs,
         "model_fingerprint": target.fingerprint,

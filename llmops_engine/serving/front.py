@@ -62,7 +62,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
 
 # A route: given the request's log entry (it may set "deployment" and "log_path"), the
 # items of Ingress.respond: a head {status, entry, headers, body | stream: True}, then events (SSE
-# strings, or {"entry": {...}} with what the log learns only at the end of a stream).
+# strings, or dicts: {"entry": {...}} with what the log learns only later in a stream, such as a
+# provider's usage or a guardrail's action; {"first_token": True} just before the first text).
 Route = Callable[[dict[str, Any]], Awaitable[AsyncIterator[Any]]]
 
 
@@ -108,8 +109,10 @@ class Front:
         complete = False
         try:
             async for item in items:
-                if isinstance(item, dict):  # what the log learns at the end (a provider's usage)
+                if isinstance(item, dict):  # what the log learns on the way (a provider's usage at the end)
                     entry.update(item.get("entry") or {})
+                    if item.get("first_token"):  # the next event carries the answer's first text
+                        entry["ttft_ms"] = round((time.monotonic() - started) * 1000, 2)
                     continue
                 # Each event leaves as soon as it arrives (a provider's tokens are relayed as they come).
                 # A client may hang up as soon as it has [DONE], before this generator runs again:
@@ -140,9 +143,7 @@ class Front:
         if status == 401:  # anonymous clients must not be able to grow the log
             self.metrics.observe_unauthenticated(entry["endpoint"])
             return
-        self.metrics.observe(entry["deployment"] or "", entry.get("model_version") or "", entry["endpoint"],
-                             status, entry["latency_ms"] / 1000, entry["prompt_tokens"], entry["completion_tokens"],
-                             entry.get("answered_by"))
+        self.metrics.observe({**entry, "status": status})
         if path:
             try:
                 logs.append(path, entry)

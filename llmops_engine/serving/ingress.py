@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .access import MISSING_KEY, FrontError, bearer_key, key_matches
 from .config import SLOTS
 from .front import CLIENT_CLOSED, ClientGone, Front, read_body
+from .guarding import GuardrailBlocked, compile_policy, guard_answers, guard_request, stream_guard
 from .openai_api import (
     APIError, ChatRequest, CompletionRequest, RelayedStream, chat_response, chat_stream, completion_response,
     completion_stream, validation_message,
@@ -72,8 +73,10 @@ class Ingress:
         self.outcomes: dict[str, deque] = {s: deque(maxlen=OUTCOME_HISTORY) for s in SLOTS}
         self.sequence = 0
         self.config: dict[str, Any] = {}
+        self.policy = None  # the guardrails' compiled policy (guarding.py), None without guardrails
 
     def reconfigure(self, config: dict[str, Any]) -> None:
+        self.policy = compile_policy(config.get("guardrails"))
         self.config = config
 
     # read by the engine and the gateway through a handle (not HTTP) -----------------
@@ -92,37 +95,48 @@ class Ingress:
     async def respond(self, endpoint: str, body: bytes, rid: str, routed: bool) -> AsyncIterator[Any]:
         """One request: yields a head {status, entry, headers, body | stream: True}, then the
         SSE events of a stream. `routed`: the gateway already chose this deployment by `model`."""
+        policy, guarded = self.policy, []  # the policy this request started with; what acted
         try:
             parsed = self._parse(body, endpoint, check_model=not routed)
+            guarded += guard_request(policy, parsed)
             work, slot = self._work(parsed, endpoint), self._pick()
             if parsed.stream and endpoint == "chat" and self._streams(slot):
                 try:
-                    async for item in self._relay(slot, work, parsed, rid):
+                    async for item in self._relay(slot, work, parsed, rid, policy, guarded):
                         yield item
                     return
                 except CanaryFailed:
                     slot = self.config["primary"]  # nothing was sent yet: the stable version answers
                 if self._streams(slot):
-                    async for item in self._relay(slot, work, parsed, rid):
+                    async for item in self._relay(slot, work, parsed, rid, policy, guarded):
                         yield item
                     return
             slot, result = await self._dispatch(work, slot)
+            guarded += result.get("guardrails") or []  # retrieved chunks the input checks acted on
+            gens = guard_answers(policy, result["gens"], guarded)
+        except GuardrailBlocked as exc:
+            yield {"status": exc.status, "body": exc.body(),
+                   "entry": {"error": exc.code, "guardrails": exc.findings, **exc.tokens}}
+            return
         except APIError as exc:
             yield {"status": exc.status, "body": exc.body(), "entry": {"error": exc.code or exc.message[:200]}}
             return
         except ClientGone:
             yield {"status": CLIENT_CLOSED, "body": None, "entry": {"error": "client_closed_request"}}
             return
-        gens, version = result["gens"], result["version"]
+        version = result["version"]
         entry = {"deployment": self.config.get("deployment"), "model_version": version, "slot": slot,
                  "prompt_tokens": sum(g["prompt_tokens"] for g in gens),
                  "completion_tokens": sum(g["completion_tokens"] for g in gens),
-                 "finish_reason": [g["finish_reason"] for g in gens]}
+                 "finish_reason": [g["finish_reason"] for g in gens],
+                 **({"guardrails": guarded} if guarded else {}),
+                 **({"retrieval_ms": result["retrieval_ms"]} if "retrieval_ms" in result else {})}
         sources, answered_by = result.get("sources"), result.get("answered_by")
         if sources is not None:  # ids only: the documents' text never reaches the log
             entry["sources"] = [s["id"] for s in sources]
-        if self.config.get("log_payloads"):
-            entry.update(request=body.decode(errors="replace"), completion=[g["text"] for g in gens])
+        if self.config.get("log_payloads"):  # as the model saw it and the client got it: masked
+            request = parsed.model_dump_json(exclude_unset=True) if guarded else body.decode(errors="replace")
+            entry.update(request=request, completion=[g["text"] for g in gens])
         model, headers = parsed.model, {"x-request-id": rid, "x-model-version": version}
         if answered_by:  # a provider version: which model of its chain answered
             entry["answered_by"] = headers[ANSWERED_BY] = answered_by
@@ -132,6 +146,7 @@ class Ingress:
                    "entry": entry}
             return
         yield {"status": 200, "headers": headers, "stream": True, "entry": entry}
+        yield {"first_token": True}
         if endpoint == "chat":
             events = chat_stream(rid, model, gens[0], parsed.include_usage(), _pieces(gens[0]["text"]), sources)
         else:
@@ -213,9 +228,11 @@ class Ingress:
             items = [{"prompt": p} for p in parsed.prompts()]
         return {"items": items, "params": params, "stops": parsed.stops(), "live": True}
 
-    async def _relay(self, slot: str, work: dict[str, Any], parsed: ChatRequest, rid: str) -> AsyncIterator[Any]:
+    async def _relay(self, slot: str, work: dict[str, Any], parsed: ChatRequest, rid: str, policy,
+                     guarded: list[dict[str, Any]]) -> AsyncIterator[Any]:
         """A chat stream from a provider version, relayed chunk by chunk as the provider sends them
-        (RelayedStream in openai_api.py), then the usage the provider reported into the log entry.
+        (RelayedStream in openai_api.py; the output checks see each chunk before it leaves), then the
+        usage the provider reported and what the guardrails did into the log entry.
         A canary that fails before its first chunk raises CanaryFailed (the primary answers instead, as
         `_dispatch` does for a whole answer); once a chunk was relayed, nothing is retried."""
         started, version = time.monotonic(), self.config["slots"][slot]["version"]
@@ -237,22 +254,30 @@ class Ingress:
             raise APIError(error["status"], error["message"], error["code"], error.get("param"))
         head = first["head"]
         sources, answered_by = head.get("sources"), head["answered_by"]
+        guarded += head.get("guardrails") or []
         entry = {"deployment": self.config.get("deployment"), "model_version": version, "slot": slot,
-                 "answered_by": answered_by, **({"sources": [s["id"] for s in sources]} if sources is not None else {})}
+                 "answered_by": answered_by, **({"sources": [s["id"] for s in sources]} if sources is not None else {}),
+                 **({"retrieval_ms": head["retrieval_ms"]} if "retrieval_ms" in head else {})}
         headers = {"x-request-id": rid, "x-model-version": version, ANSWERED_BY: answered_by}
         yield {"status": 200, "headers": headers, "stream": True, "entry": entry}
-        relay = RelayedStream(rid, parsed.model, parsed.include_usage(), sources, answered_by)
+        relay = RelayedStream(rid, parsed.model, parsed.include_usage(), sources, answered_by, stream_guard(policy))
         try:
             async for item in items:
-                for event in relay.events(item, _pieces):
+                events = relay.events(item, _pieces)
+                if events and relay.first_text:
+                    yield {"first_token": True}
+                for event in events:
                     yield event
+                if relay.blocked:  # the answer is cut here: the slot stops reading the provider
+                    items.cancel()
+                    break
         except (GeneratorExit, asyncio.CancelledError):
             raise  # the client left mid-stream: no evidence about the version
         except Exception:
             self._outcome(slot, False, time.monotonic() - started)
             raise
-        self._outcome(slot, not relay.failed, time.monotonic() - started)
-        yield {"entry": relay.totals()}
+        self._outcome(slot, not relay.failed or relay.blocked, time.monotonic() - started)
+        yield {"entry": {**relay.totals(), **({"guardrails": guarded + relay.findings} if guarded or relay.findings else {})}}
         for event in relay.close():
             yield event
 

@@ -60,8 +60,13 @@ class ContentPart(_Lenient):
         return self
 
 
+# The roles OpenAI's API knows; any other is refused, since a role's text reaches the model
+# (earlier turns are rendered "role: content") where no guardrail would see it.
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
 class Message(_Lenient):
-    role: StrictStr
+    role: Role
     content: StrictStr | list[ContentPart] | None = None
 
     def text(self) -> str:
@@ -214,28 +219,67 @@ class RelayedStream:
     event as its chunks arrive; a local fallback's whole answer is streamed in pieces. Only a
     delta's role and content are relayed. The finish chunk names who answered (`answered_by`)
     and a grounded deployment's `sources`; the usage the provider reported goes to the log
-    entry, and to the client when it asked for it (stream_options.include_usage)."""
+    entry, and to the client when it asked for it (stream_options.include_usage).
 
-    def __init__(self, rid: str, model: str, include_usage: bool, sources: list[dict] | None, answered_by: str):
+    With a `guard` (guarding.StreamGuard: the deployment's output checks), content leaves only as
+    the guard releases it; a block ends the stream with a `guardrail_blocked` error event."""
+
+    def __init__(self, rid: str, model: str, include_usage: bool, sources: list[dict] | None, answered_by: str,
+                 guard: Any = None):
         self.head = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": model}
-        self.include_usage, self.sources, self.answered_by = include_usage, sources, answered_by
+        self.include_usage, self.sources, self.answered_by, self.guard = include_usage, sources, answered_by, guard
         self.usage: dict[str, int] | None = None
         self.finish: str | None = None
         self.failed: str | None = None  # the error code of a provider that broke off mid-stream
+        self.blocked = False  # a guardrail cut the answer
+        self.first_text = False  # the events just returned carry the answer's first text
+        self._texts = 0
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        return self.guard.findings if self.guard is not None else []
 
     def events(self, item: dict[str, Any], pieces: Callable[[str], list[str]]) -> list[str]:
+        before = self._texts
+        events = self._events(item, pieces)
+        self.first_text = before == 0 and self._texts > 0
+        return events
+
+    def _events(self, item: dict[str, Any], pieces: Callable[[str], list[str]]) -> list[str]:
+        if self.blocked:
+            return []
         if "chunk" in item:
             return self._relayed(item["chunk"])
         if "gen" in item:
             gen = item["gen"]
             self.usage = usage(gen["prompt_tokens"], gen["completion_tokens"])
+            text = self._released(gen["text"], last=True)
+            if text is None:
+                return [self._blocked_event()]
             return ([self._event({"role": "assistant", "content": ""})]
-                    + [self._event({"content": piece}) for piece in pieces(gen["text"])]
+                    + [self._event({"content": piece}) for piece in pieces(text)]
                     + [self._finished(gen["finish_reason"])])
         error = item["error"]
         self.failed = error["code"]
         return [sse({"error": {"message": error["message"], "type": "server_error", "param": None, "code": error["code"]}})]
+
+    def _released(self, text: str, last: bool = False) -> str | None:
+        """What of `text` may leave now (all of it without a guard); None when a guardrail blocked."""
+        if self.guard is not None:
+            released = self.guard.feed(text)
+            tail = self.guard.finish() if last and released is not None else ""
+            if released is None or tail is None:
+                self.blocked, self.failed = True, "guardrail_blocked"
+                return None
+            text = released + tail
+        self._texts += bool(text)
+        return text
+
+    def _blocked_event(self) -> str:
+        message = f"the answer was blocked by guardrail check {self.guard.blocked_by}"
+        return sse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                              "code": "guardrail_blocked"}})
 
     def _relayed(self, chunk: dict[str, Any]) -> list[str]:
         if isinstance(chunk.get("usage"), dict):
@@ -247,6 +291,11 @@ class RelayedStream:
                 continue
             delta = {k: v for k, v in (choice.get("delta") or {}).items() if k in ("role", "content") and isinstance(v, str)}
             finish = choice.get("finish_reason")
+            if "content" in delta or isinstance(finish, str):
+                released = self._released(delta.get("content", ""), last=isinstance(finish, str))
+                if released is None:
+                    return events + [self._blocked_event()]
+                delta = {**delta, "content": released} if released or "role" in delta else {}
             if isinstance(finish, str):
                 events.append(self._finished(finish, delta))
             elif delta:
@@ -267,13 +316,17 @@ class RelayedStream:
     def totals(self) -> dict[str, Any]:
         """What the request log records of the stream: tokens as the provider counted them."""
         counts = self.usage or usage(0, 0)
-        failure = {"status": 502, "error": self.failed} if self.failed else {}  # not a success in the log
+        failure = {"status": 400 if self.blocked else 502, "error": self.failed} if self.failed else {}  # not a success
         return {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
                 "finish_reason": [self.finish], **failure}
 
     def close(self) -> list[str]:
+        held = []
+        if self.finish is None and not self.blocked and self.guard is not None:  # no finish chunk came
+            text = self._released("", last=True)
+            held = [self._blocked_event()] if text is None else [self._event({"content": text})] if text else []
         tail = [sse({**self.head, "choices": [], "usage": self.usage})] if self.include_usage and self.usage else []
-        return tail + [sse("[DONE]")]
+        return held + tail + [sse("[DONE]")]
 
 
 def completion_stream(rid: str, model: str, gens: list[dict[str, Any]], include_usage: bool,

@@ -11,6 +11,12 @@ keeps the old version loaded for `drain_s`, `canary` walks `steps` and analyses 
 outcomes (error rate, p95) after each; a failed analysis puts the weights back, unloads
 the canary and raises RolloutFailed while the old version keeps serving.
 
+With a `load_test` in the spec, load is put on the deployment's endpoint at every canary step
+or, for `rolling` and `blue-green`, after the switch while the old version is still loaded; the
+step's live outcomes are analysed meanwhile (the ingress retries a failing non-primary slot on the
+primary, so only the analysis sees the new version's own errors). A missed threshold, of the
+analysis or of the load test, rolls back the same way.
+
 After a transition, the project's gateway is told the deployment's routes (`publish`) and
 polled until it routes by them, so the endpoint works when apply returns.
 
@@ -22,7 +28,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import DeploymentError, RolloutFailed
@@ -38,11 +45,15 @@ SMOKE_PROMPT = "Hello"
 ANALYSIS_PATIENCE = 10  # a quiet canary step may wait this many windows for min_requests
 
 
+LoadTest = Callable[[], dict[str, Any]]  # runs the spec's load test: its result with a "verdict"
+
+
 @dataclass(frozen=True)
 class Outcome:
     routing: Routing
     previous: ModelRef | None  # the version that served before, if it changed
     steps: list[dict[str, Any]]
+    load_tests: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Rollout:
@@ -52,7 +63,8 @@ class Rollout:
         self.report = report
 
     # entry point ---------------------------------------------------------------
-    def run(self, settings: AppSettings, target: ModelRef, rollout: dict[str, Any]) -> Outcome:
+    def run(self, settings: AppSettings, target: ModelRef, rollout: dict[str, Any], load: LoadTest | None = None) -> Outcome:
+        """Make `target` the live version; `load` (for a version replacing another) is the spec's load test."""
         live = self.dashboard.application(settings.name)
         routing = routing_of(live["deployed_app_config"]) if live and live.get("deployed_app_config") else Routing()
         current = routing.models.get(routing.primary)
@@ -65,10 +77,13 @@ class Rollout:
         strategy = rollout["strategy"]
         self.report(f"  {settings.name}: {strategy} rollout {current.version} -> {target.version}")
         if strategy == "canary":
-            final, steps = self._canary(settings, routing, rollout)
-            return Outcome(final, current, steps)
+            final, steps, loads = self._canary(settings, routing, rollout, load)
+            return Outcome(final, current, steps, loads)
         drain = rollout["drain_s"] if strategy == "blue-green" else ROLLING_GRACE_S
-        return Outcome(self._switch(settings, routing, drain_s=drain), current, [])
+        if load is None:
+            return Outcome(self._switch(settings, routing, drain_s=drain), current, [])
+        verdict, result = self._switch_under_load(settings, routing, rollout["analysis"], load)
+        return Outcome(self._switch(settings, routing, drain_s=drain), current, [verdict], [result])
 
     def publish(self, entries: dict[str, dict[str, Any]], log_path: str) -> None:
         """Make the gateway route exactly `entries` (deployment → gateway_entry); with none
@@ -110,15 +125,34 @@ class Rollout:
             time.sleep(drain_s)
         return self._settle(settings, routing)
 
-    def _canary(self, settings: AppSettings, routing: Routing, rollout: dict[str, Any]) -> tuple[Routing, list]:
+    def _switch_under_load(self, settings: AppSettings, routing: Routing, analysis: dict[str, Any],
+                           load: LoadTest) -> tuple[dict, dict]:
+        """All traffic to the new version with the old one still loaded, under the load test and the
+        analysis; back to the old one (and the new one unloaded) when either fails."""
         old, new = routing.primary, routing.spare
-        analysis, results = rollout["analysis"], []
+        self._route(settings, routing.with_weights({new: 100, old: 0}))
+        verdict, result = self._analysed_step(settings.name, new, analysis, load)
+        verdict["step"] = 100
+        self.report(f"  {settings.name}: under load: {verdict['summary']}")
+        if not verdict["passed"]:
+            self._abort(settings, routing)
+            raise RolloutFailed(
+                f"model version {routing.models[new].version} failed under load: {verdict['summary']}; "
+                f"rolled back: version {routing.models[old].version} serves 100%"
+            )
+        return verdict, result
+
+    def _canary(self, settings: AppSettings, routing: Routing, rollout: dict[str, Any],
+                load: LoadTest | None) -> tuple[Routing, list, list]:
+        old, new = routing.primary, routing.spare
+        analysis, results, loads = rollout["analysis"], [], []
         for step in rollout["steps"]:
             routing = routing.with_weights({new: step, old: 100 - step})
             self._route(settings, routing)
-            verdict = self._analyse(settings.name, new, analysis)
+            verdict, loaded = self._analysed_step(settings.name, new, analysis, load)
             verdict["step"] = step
             results.append(verdict)
+            loads += [loaded] if loaded else []
             self.report(f"  {settings.name}: canary {step}%: {verdict['summary']}")
             if not verdict["passed"]:
                 self._abort(settings, routing)
@@ -127,7 +161,27 @@ class Rollout:
                     f"canary model version {version} failed analysis at {step}% traffic: {verdict['summary']}; "
                     f"rolled back: version {routing.models[old].version} serves 100%"
                 )
-        return self._switch(settings, routing, drain_s=0), results
+        return self._switch(settings, routing, drain_s=0), results, loads
+
+    def _analysed_step(self, app: str, slot: str, analysis: dict[str, Any],
+                       load: LoadTest | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The step's analysis verdict and, with a load test, its result: the load runs while the
+        window is analysed (its requests are analysed too); either failing fails the step."""
+        if load is None:
+            return self._analyse(app, slot, analysis), None
+        results: list[dict[str, Any]] = []
+        runner = threading.Thread(target=lambda: results.append(guarded_load(load)), name="llmops-load-test", daemon=True)
+        runner.start()
+        try:
+            verdict = self._analyse(app, slot, analysis)
+        finally:
+            runner.join()  # the load never outlives its step (bounded by its duration)
+        loaded = results[0]
+        verdict["load_test"] = loaded["verdict"]["summary"]
+        if not loaded["verdict"]["passed"]:
+            verdict["passed"] = False
+            verdict["summary"] = f"{verdict['summary']}; load test: {loaded['verdict']['summary']}"
+        return verdict, loaded
 
     def _abort(self, settings: AppSettings, routing: Routing) -> None:
         old, new = routing.primary, routing.spare
@@ -215,6 +269,15 @@ class Rollout:
             elapsed = time.monotonic() - began
             if (elapsed >= window and len(samples) >= analysis["min_requests"]) or elapsed >= patience:
                 return judge(samples, analysis)
+
+
+def guarded_load(load: LoadTest) -> dict[str, Any]:
+    """The load test's result; a load test that could not run fails its step rather than the thread."""
+    try:
+        return load()
+    except Exception as exc:  # noqa: BLE001 - reported as the step's verdict
+        problem = f"the load test could not run: {type(exc).__name__}: {exc}"[:300]
+        return {"requests": 0, "verdict": {"passed": False, "problems": [problem], "summary": problem}}
 
 
 def judge(samples: list, analysis: dict[str, Any]) -> dict[str, Any]:

@@ -21,9 +21,11 @@ at most one local model of its fallback chain; `generate` asks the chain in orde
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +91,13 @@ class ModelSlot:
         self.max_prompt_tokens = 1024
         self.batches = self.batched_requests = 0  # how full batches get (bench, tuning)
         self.peak_batch_tokens = 0  # most padded tokens (prompt + new) one generate call held
+        self.policy = None  # the guardrails retrieved chunks pass (their input checks), if any
 
     def reconfigure(self, config: dict[str, Any]) -> None:
+        from .guarding import compile_policy
+
         self.max_prompt_tokens = config["max_prompt_tokens"]
+        self.policy = compile_policy(config.get("guardrails"))
         batching = config["batching"]
         self._batched.set_max_batch_size(batching["max_batch_size"])
         self._batched.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
@@ -139,10 +145,10 @@ class ModelSlot:
         version = self.ref.version
         if request.get("live") and self.ref.fault_error_rate and random.random() < self.ref.fault_error_rate:
             raise RuntimeError(f"injected fault in model version {version}")
-        items, sources = await self._grounded(request["items"])
+        items, sources, grounding = await self._grounded(request["items"])
         if self.ref.upstream is not None:
-            return await self._relayed(request, items, sources)
-        return await self._local(request, items, sources)
+            return {**await self._relayed(request, items, sources), **grounding}
+        return {**await self._local(request, items, sources), **grounding}
 
     async def stream(self, request: dict[str, Any]):
         """A provider version's chat request as it streams: {"head": {answered_by, sources}}, then
@@ -153,13 +159,13 @@ class ModelSlot:
             raise RuntimeError("this slot holds no provider version")
         await self._close_retired()
         version = self.ref.version
-        items, sources = await self._grounded(request["items"])
+        items, sources, grounding = await self._grounded(request["items"])
         if any("instruction" not in item for item in items):
             yield {"error": UNSUPPORTED_COMPLETIONS, "version": version}
             return
         failures: list[tuple[str, str]] = []
         for member in self.ref.chain():
-            head = {"head": {"answered_by": member.label, "version": version,
+            head = {"head": {"answered_by": member.label, "version": version, **grounding,
                              **({"sources": sources} if self.retriever else {})}}
             if member.upstream is None:
                 result = await self._local(request, items, sources)
@@ -238,24 +244,42 @@ class ModelSlot:
             raise RuntimeError(f"generation failed in model version {version}: {failures[0]}")
         return {"gens": gens, "version": version, **({"sources": sources} if self.retriever else {})}
 
-    async def _grounded(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Chat items with the chunks retrieved for their question as `context`, and those chunks'
-        sources. Raw completion prompts are the client's own text: nothing is added to them."""
+    async def _grounded(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict]:
+        """Chat items with the chunks retrieved for their question as `context`, those chunks' sources,
+        and how retrieval went ({retrieval_ms, guardrails}: what the input checks did to the chunks).
+        Raw completion prompts are the client's own text: nothing is added to them."""
         retriever, settings = self.retriever, (self.ref.knowledge if self.ref else None) or {}
         if retriever is None:
-            return items, []
+            return items, [], {}
         from llmops_engine.knowledge.grounding import context_of, sources_of
 
-        grounded, sources = [], []
+        grounded, sources, findings, started = [], [], [], time.perf_counter()
         for item in items:
             if "instruction" not in item:
                 grounded.append(item)
                 continue
             # Off the event loop: other requests keep being batched while this one retrieves.
             hits = await asyncio.to_thread(retriever.search, item["instruction"], settings["top_k"], settings["mode"])
+            hits = self._guarded_hits(hits, findings)
             grounded.append({**item, "context": context_of(hits)})
             sources += sources_of(hits)
-        return grounded, sources
+        report = {"retrieval_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return grounded, sources, {**report, **({"guardrails": findings} if findings else {})}
+
+    def _guarded_hits(self, hits: list, findings: list[dict[str, Any]]) -> list:
+        """Retrieved chunks through the input checks, as if the client had sent them: a blocked
+        chunk is left out of the context (the client did not write it), a masked one is masked."""
+        if self.policy is None or not self.policy.checks("input"):
+            return hits
+        from .guarding import add_findings, findings_json
+
+        kept = []
+        for hit in hits:
+            verdict = self.policy.check("input", hit.text)
+            add_findings(findings, [{**finding, "stage": "retrieval"} for finding in findings_json(verdict)])
+            if verdict.action != "block":
+                kept.append(dataclasses.replace(hit, text=verdict.text))
+        return kept
 
     def _rejection(self, request: dict[str, Any], lengths: list[int]) -> dict[str, Any] | None:
         """Why this request's prompts must not be queued, as a 400 error; None if they may.

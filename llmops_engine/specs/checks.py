@@ -1,5 +1,5 @@
 """Checks that need the whole spec set: names, references, cycles, paths, prompt identity, chat prompts,
-tuning data, routes."""
+tuning data, routes, and the files a Guardrail reads (its cases and schema files)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ def check_resources(root: Path, resources: list[Resource]) -> list[SpecIssue]:
     _tuning_data(by_key, issues)
     _route_prefixes(by_key, issues)
     _provider_models(by_key, issues)
+    _guardrail_files(root, by_key, issues)
     if not issues:
         from ..graph import find_cycle
 
@@ -247,3 +248,35 @@ def _model_fields(resource: Resource) -> list[tuple[tuple, str]]:
         return [(("spec", "model"), spec.model)] + [(("spec", "variants", i, "model"), v.model)
                                                      for i, v in enumerate(spec.variants)]
     return []
+
+
+def _guardrail_files(root: Path, by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
+    """A Guardrail's schema files and cases file are read now (both bounded in size), so a bad
+    file is a `validate` error at the spec line naming it, and a bad case one at the case's own
+    file:line, rather than a failed apply. A file that does not exist is the path check's to report."""
+    from ..errors import GuardrailError
+    from ..guardrails.cases import scan_cases
+    from ..guardrails.schema_file import read_schema
+    from ..paths import match_files
+
+    for resource in by_key.values():
+        if resource.kind != "Guardrail":
+            continue
+        spec = resource.spec
+        for index, path in spec.schema_paths():
+            try:
+                if match_files(root, path).files:
+                    read_schema(root, path)
+            except GuardrailError as exc:
+                issues.append(_issue(resource, ("spec", "output", index, "schema_path"), str(exc)))
+        if spec.tests is None or not match_files(root, spec.tests.path).files:
+            continue
+        field = ("spec", "tests", "path")
+        try:
+            problems = scan_cases(root, spec.tests.path, spec.check_stages())[1]
+        except GuardrailError as exc:
+            issues.append(_issue(resource, field, str(exc)))
+            continue
+        line, _ = resource.position(field)
+        issues += [SpecIssue(spec.tests.path, number, 1, "", f"{message} (a case of Guardrail '{resource.name}', "
+                                                              f"{resource.file}:{line})") for number, message in problems]

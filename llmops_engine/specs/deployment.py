@@ -31,11 +31,37 @@ class Analysis(StrictModel):
     min_requests: int = Field(default=0, ge=0, description="Fewer requests than this in a window fails it.")
 
 
+class LoadThresholds(StrictModel):
+    """k6-style thresholds of a load test: every one given must hold (None: not checked)."""
+
+    p50_ms: PositiveFloat | None = None
+    p95_ms: PositiveFloat | None = None
+    p99_ms: PositiveFloat | None = None
+    ttft_p95_ms: PositiveFloat | None = Field(default=None, description="95th percentile time to first token.")
+    error_rate: float | None = Field(default=None, ge=0, le=1, description="Most errors per request.")
+    min_rps: PositiveFloat | None = Field(default=None, description="Fewest completed requests per second.")
+    min_tokens_per_s: PositiveFloat | None = None
+
+
+class LoadTest(StrictModel):
+    """Bounded load on the deployment's own endpoint, after each rollout step (and `llmops loadtest`)."""
+
+    clients: int = Field(default=8, ge=1, le=256, description="Concurrent virtual users.")
+    duration_s: float = Field(default=20, gt=0, le=600)
+    max_requests: int | None = Field(default=None, ge=1, le=100_000, description="Stop after this many requests.")
+    max_tokens: PositiveInt = Field(default=32, le=4096, description="max_tokens of each request.")
+    thresholds: LoadThresholds = Field(default_factory=LoadThresholds)
+
+
 class Rollout(StrictModel):
     strategy: Literal["rolling", "blue-green", "canary"] = "rolling"
     steps: list[int] = Field(default_factory=lambda: [100], description="Canary traffic percentages.")
     analysis: Analysis = Field(default_factory=Analysis)
     drain_s: float = Field(default=5, ge=0, description="Blue-green: how long the old version lingers.")
+    load_test: LoadTest | None = Field(
+        default=None, description="Load the endpoint at every step (canary) or after the switch; a failed threshold "
+                                  "rolls the new version back (exit 6) and the previous one keeps 100 %.",
+    )
 
     @model_validator(mode="after")
     def _steps(self) -> "Rollout":
@@ -97,6 +123,11 @@ class DeploymentSpec(KindSpec):
         default=None, description="Ground answers in this KnowledgeBase: each chat request retrieves chunks for "
                                   "the Prompt's {context}, and the response lists their sources.",
     )
+    guardrails: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="Guardrails checking every request (and retrieved chunks) and answer, in order; "
+                    "a policy change updates the live deployment without a restart.",
+    )
     allow_prompt_mismatch: bool = False
     replicas: Replicas = Field(default_factory=Replicas)
     rollout: Rollout = Field(default_factory=Rollout)
@@ -119,6 +150,15 @@ class DeploymentSpec(KindSpec):
         if ":" in self.model and not (self.serves_base_model() or self.serves_provider()):
             raise FieldError(("model", f"'{self.model}' is neither a TuningJob name, a model ref ({MODEL_REF}) "
                                        "nor provider:<name>/<alias>"))
+        return self
+
+    @model_validator(mode="after")
+    def _guardrails_once(self) -> "DeploymentSpec":
+        repeated = [i for i, name in enumerate(self.guardrails) if name in self.guardrails[:i]]
+        if repeated:
+            name = self.guardrails[repeated[0]]
+            raise FieldError((f"guardrails.{repeated[0]}", f"Guardrail '{name}' is listed twice: its checks would run "
+                                                           "twice and every action be counted twice"))
         return self
 
     @model_validator(mode="after")
@@ -171,6 +211,7 @@ class DeploymentSpec(KindSpec):
             + reference("spec.prompt", "Prompt", self.prompt)
             + reference("spec.gate", "Evaluation", self.gate)
             + reference("spec.knowledge_base", "KnowledgeBase", self.knowledge_base)
+            + [ref for i, name in enumerate(self.guardrails) for ref in reference(f"spec.guardrails.{i}", "Guardrail", name)]
         )
 
 

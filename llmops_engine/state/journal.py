@@ -45,7 +45,7 @@ class Journal:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        with self._connect() as db:
+        with closing(self._connect()) as db:  # `with db:` alone would leave it open
             db.executescript(SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
