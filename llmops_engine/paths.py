@@ -96,3 +96,19 @@ def pattern_matches(relative: str, pattern: str) -> bool:
         else:
             reached = {i + 1 for i in reached if i < len(parts) and fnmatchcase(parts[i], glob)}
     return len(parts) in reached
+
+
+def one_file(root: Path, path: str, what: str, file_format: str, max_bytes: int) -> Path:
+    """The one repository file `path` names (a spec's cases, questions or schema file): not a glob,
+    confined like every match, at most `max_bytes`. Raises ValueError saying what is wrong."""
+    if is_glob(path):
+        raise ValueError(f"{what} '{path}' is a glob; name one {file_format} file")
+    matches = match_files(root, path)
+    if matches.problem:
+        raise ValueError(matches.problem)
+    if not matches.files:
+        raise ValueError(f"{what} '{path}' does not exist in the repository")
+    size = matches.files[0].stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{what} '{path}' is {size:,} bytes; the limit is {max_bytes:,}")
+    return matches.files[0]

@@ -76,7 +76,9 @@ def example_messages(engine: Engine, records: dict[str, ResourceRecord], deploym
     travels), the instruction as the user turn."""
     prompt = records.get(f"Prompt/{deployment.spec.get('prompt')}")
     uses_input = prompt is not None and "{input}" in str(prompt.spec.get("template", ""))
-    rows = _eval_rows(engine, records, deployment, EXAMPLE_ROWS_READ) or _knowledge_questions(engine, records, deployment)
+    from .loadtest.messages import eval_rows
+
+    rows = eval_rows(engine.store, records, deployment.spec, EXAMPLE_ROWS_READ) or _knowledge_questions(engine, records, deployment)
     with_input = [r for r in rows if r.get("input")] if uses_input else []
     row = (with_input or rows or [{"instruction": "Hello! What can you help me with?"}])[0]
     messages = [{"role": "system", "content": row["input"]}] if uses_input and row.get("input") else []
@@ -84,26 +86,6 @@ def example_messages(engine: Engine, records: dict[str, ResourceRecord], deploym
 
 
 EXAMPLE_ROWS_READ = 50
-
-
-def _eval_rows(engine: Engine, records: dict[str, ResourceRecord], deployment: ResourceRecord, limit: int) -> list[dict]:
-    from .data.pipeline import EVAL
-
-    job = records.get(f"TuningJob/{deployment.spec.get('model')}")
-    dataset = records.get(f"Dataset/{job.spec.get('dataset')}") if job else None
-    if dataset is None:
-        return []
-    rows = []
-    try:
-        with (engine.store.local_path(dataset.fingerprint) / EVAL).open(encoding="utf-8") as handle:
-            for _ in range(limit):
-                line = handle.readline(1 << 16)
-                if not line:
-                    break
-                rows.append(json.loads(line))
-    except (OSError, ValueError):
-        pass  # an example is a courtesy: the rows read so far, or none
-    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("instruction"), str)]
 
 
 def _knowledge_questions(engine: Engine, records: dict[str, ResourceRecord], deployment: ResourceRecord) -> list[dict]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GuardrailError
-from ..paths import is_glob, match_files
+from ..paths import one_file
 from .policy import Policy
 from .verdicts import Verdict
 
@@ -115,17 +115,10 @@ def scan_cases(root: Path, path: str, check_stages: dict[str, str]) -> tuple[lis
 
 
 def _cases_file(root: Path, path: str) -> Path:
-    if is_glob(path):
-        raise GuardrailError(f"cases file '{path}' is a glob; name one JSONL file")
-    matches = match_files(root, path)
-    if matches.problem:
-        raise GuardrailError(matches.problem)
-    if not matches.files:
-        raise GuardrailError(f"cases file '{path}' does not exist in the repository")
-    size = matches.files[0].stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise GuardrailError(f"cases file '{path}' is {size:,} bytes; the limit is {MAX_FILE_BYTES:,}")
-    return matches.files[0]
+    try:
+        return one_file(root, path, "cases file", "JSONL", MAX_FILE_BYTES)
+    except ValueError as exc:
+        raise GuardrailError(str(exc)) from None
 
 
 def _case(number: int, raw: bytes, check_stages: dict[str, str]) -> Case:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GuardrailError
-from ..paths import is_glob, match_files
+from ..paths import one_file
 from ..specs.guardrail import schema_problem
 
 MAX_SCHEMA_FILE_BYTES = 1024 * 1024
@@ -18,16 +18,10 @@ MAX_SCHEMA_FILE_BYTES = 1024 * 1024
 
 def read_schema(root: Path, path: str) -> dict[str, Any]:
     """A json_schema check's schema file: one JSON file in the repository, checked like an inline schema."""
-    if is_glob(path):
-        raise GuardrailError(f"schema_path '{path}' is a glob; name one JSON file")
-    matches = match_files(root, path)
-    if matches.problem:
-        raise GuardrailError(matches.problem)
-    if not matches.files:
-        raise GuardrailError(f"schema_path '{path}' does not exist in the repository")
-    file = matches.files[0]
-    if file.stat().st_size > MAX_SCHEMA_FILE_BYTES:
-        raise GuardrailError(f"{path}: the schema file is over {MAX_SCHEMA_FILE_BYTES:,} bytes")
+    try:
+        file = one_file(root, path, "schema_path", "JSON", MAX_SCHEMA_FILE_BYTES)
+    except ValueError as exc:
+        raise GuardrailError(str(exc)) from None
     try:
         schema = json.loads(file.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:

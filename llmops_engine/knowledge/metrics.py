@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Collection, Sequence
 
 from ..errors import KnowledgeBaseError
-from ..paths import is_glob, match_files
+from ..paths import one_file
 from .documents import decode_text, json_object
 from .problems import Problems
 
@@ -82,17 +82,10 @@ def read_queries(root: Path, path: str, known_sources: set[str]) -> list[dict]:
 
 
 def _query_file(root: Path, path: str) -> Path:
-    if is_glob(path):
-        raise KnowledgeBaseError(f"question file '{path}' is a glob; name one JSONL file")
-    matches = match_files(root, path)
-    if matches.problem:
-        raise KnowledgeBaseError(matches.problem)
-    if not matches.files:
-        raise KnowledgeBaseError(f"question file '{path}' does not exist under {root}")
-    file = matches.files[0]
-    if file.stat().st_size > MAX_QUERY_FILE_BYTES:
-        raise KnowledgeBaseError(f"question file '{path}' is over {MAX_QUERY_FILE_BYTES:,} bytes")
-    return file
+    try:
+        return one_file(root, path, "question file", "JSONL", MAX_QUERY_FILE_BYTES)
+    except ValueError as exc:
+        raise KnowledgeBaseError(str(exc)) from None
 
 
 def _query(line: str, documents: set[str], suggestions: Collection[str]) -> dict:

@@ -32,7 +32,7 @@ def load_messages(store: ArtifactStore, records: dict[str, ResourceRecord],
     """A pool of chat message lists for a deployment (its spec as recorded or as applied)."""
     prompt = records.get(f"Prompt/{deployment_spec.get('prompt')}")
     uses_input = prompt is not None and "{input}" in str(prompt.spec.get("template", ""))
-    pool = [_messages(row, uses_input) for row in _eval_rows(store, records, deployment_spec)]
+    pool = [_messages(row, uses_input) for row in eval_rows(store, records, deployment_spec, POOL_ROWS)]
     return pool or [[{"role": "user", "content": question}] for question in GENERIC_QUESTIONS]
 
 
@@ -41,7 +41,11 @@ def _messages(row: dict, uses_input: bool) -> list[dict]:
     return system + [{"role": "user", "content": row["instruction"]}]
 
 
-def _eval_rows(store: ArtifactStore, records: dict[str, ResourceRecord], deployment_spec: dict[str, Any]) -> list[dict]:
+def eval_rows(store: ArtifactStore, records: dict[str, ResourceRecord], deployment_spec: dict[str, Any],
+              limit: int) -> list[dict]:
+    """The first `limit` rows of the eval split the deployment's TuningJob trained beside (none for a
+    base model or a provider); a bounded read that stops quietly at what it could read (`apply`'s
+    usage example uses it too)."""
     from ..data.pipeline import EVAL
 
     job = records.get(f"TuningJob/{deployment_spec.get('model')}")
@@ -51,7 +55,7 @@ def _eval_rows(store: ArtifactStore, records: dict[str, ResourceRecord], deploym
     rows = []
     try:
         with (store.local_path(dataset.fingerprint) / EVAL).open(encoding="utf-8") as handle:
-            for _ in range(POOL_ROWS):
+            for _ in range(limit):
                 line = handle.readline(MAX_ROW_BYTES)
                 if not line:
                     break
