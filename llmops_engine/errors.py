@@ -92,6 +92,10 @@ class TrainingError(ControllerError):
     """A tuning job failed."""
 
 
+class ExportError(TrainingError):
+    """A TuningJob export could not be written faithfully or failed its verification; nothing is published."""
+
+
 class EvaluationError(ControllerError):
     """An evaluation could not be run (this fails its gate closed)."""
 
@@ -142,6 +146,11 @@ class ModelLoadError(ControllerError):
 class ChatTemplateError(ModelLoadError):
     """A `format: chat` Prompt cannot render through a model's chat template: the model has
     none, the template rejects the messages, or it differs from the one a model was tuned with."""
+
+
+class EngineError(ControllerError):
+    """A serving engine failed while generating (a llama.cpp decode error, a prompt longer than
+    the engine's context); the request fails, the replica keeps serving."""
 
 
 class DeploymentError(ControllerError):

@@ -152,6 +152,9 @@ def _summary(outputs: dict) -> str:
             value = outputs[key]
             value = value[:12] if key == "template_hash" else value
             shown.append(f"{key}={value}")
+    if exports := outputs.get("exports"):  # a TuningJob's: adapter, merged, gguf(q8_0)
+        shown.append("exports=" + ",".join(f"{name}({entry['type']})" if "type" in entry else name
+                                          for name, entry in exports.items()))
     if last := last_load_test(outputs):
         shown.append(f"| {summary_line(last)}")
     return " ".join(shown)

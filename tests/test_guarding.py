@@ -89,7 +89,7 @@ def _relay(policy, chunks: list[dict]) -> tuple[RelayedStream, list[dict], list[
     relay = RelayedStream("r1", "m", False, None, "provider:p/a", stream_guard(policy))
     events, firsts = [], []
     for chunk in chunks:
-        out = relay.events({"chunk": chunk}, lambda text: [text])
+        out = relay.events({"chunk": chunk})
         firsts.append(relay.first_text)
         events += [json.loads(e[6:]) for e in out]
         if relay.blocked:
@@ -125,11 +125,17 @@ def test_a_relayed_stream_stops_at_a_blocked_word_before_it_leaves(policy, size)
     assert [f["action"] for f in relay.findings] == ["block"]
 
 
-def test_a_local_fallback_answer_in_a_relayed_stream_is_checked_whole(policy):
-    relay = RelayedStream("r1", "m", False, None, "builtin:tiny", stream_guard(policy))
-    gen = {"text": f"card {CARD}", "prompt_tokens": 1, "completion_tokens": 2, "finish_reason": "stop"}
-    events = [json.loads(e[6:]) for e in relay.events({"gen": gen}, lambda text: text.split(" "))]
-    assert _content(events).replace(" ", "") == "card[CREDIT_CARD]" and relay.first_text
+def test_a_local_models_token_stream_is_checked_like_a_providers(policy):
+    from llmops_engine.serving.slot import _chunk
+
+    relay = RelayedStream("r1", "m", False, None, None, stream_guard(policy))
+    pieces = ["card ", CARD[:3], CARD[3:9], CARD[9:], " ok"]
+    items = [{"chunk": _chunk({"text": piece}, 0, "assistant" if i == 0 else None)} for i, piece in enumerate(pieces)]
+    items.append({"chunk": _chunk({"done": {"text": "", "prompt_tokens": 1, "completion_tokens": 5, "finish_reason": "stop"}})})
+    events = [json.loads(e[6:]) for item in items for e in relay.events(item)]
+    assert _content(events) == "card [CREDIT_CARD] ok" and CARD[:4] not in json.dumps(events)
+    assert "answered_by" not in events[-1] and events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert relay.totals() == {"prompt_tokens": 1, "completion_tokens": 5, "finish_reason": ["stop"]}
 
 
 def test_a_role_is_one_openai_knows():

@@ -35,9 +35,7 @@ def test_an_exhausted_chain_is_a_502_naming_who_failed_how(failures, code):
 
 
 def _events(relay: RelayedStream, items: list[dict]) -> list[dict]:
-    from llmops_engine.serving.ingress import _pieces
-
-    lines = [line for item in items for line in relay.events(item, _pieces)] + relay.close()
+    lines = [line for item in items for line in relay.events(item)] + relay.close()
     return [json.loads(line[6:]) if line.startswith("data: {") else line.strip() for line in lines]
 
 
@@ -56,15 +54,18 @@ def test_a_provider_stream_is_re_addressed_and_its_usage_kept():
     assert relay.totals() == {"prompt_tokens": 3, "completion_tokens": 1, "finish_reason": ["stop"]}
 
 
-def test_a_stream_broken_mid_way_ends_with_an_error_event_and_a_fallback_streams_in_pieces():
+def test_a_stream_broken_mid_way_ends_with_an_error_event_and_a_local_answer_streams_its_tokens():
+    from llmops_engine.serving.slot import _chunk
+
     broken = RelayedStream("rid", "relay", False, None, "provider:gw/small")
     events = _events(broken, [{"chunk": {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}},
                               {"error": {"status": 502, "code": "provider_stream_broken", "message": "broke off"}}])
     assert events[-2]["error"]["code"] == "provider_stream_broken"
     assert broken.totals()["status"] == 502 and broken.totals()["error"] == "provider_stream_broken"  # logged as failed
     local = RelayedStream("rid", "relay", False, [{"id": "kb/a.md#0"}], "builtin:tiny-llama")
-    events = _events(local, [{"gen": {"text": "two words", "prompt_tokens": 5, "completion_tokens": 2,
-                                      "finish_reason": "stop"}}])
+    done = {"done": {"text": "two words", "prompt_tokens": 5, "completion_tokens": 2, "finish_reason": "stop"}}
+    events = _events(local, [{"chunk": _chunk({"text": "two"}, 0, "assistant")}, {"chunk": _chunk({"text": " words"})},
+                             {"chunk": _chunk(done)}])
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "two words"
     assert events[-2]["sources"] == [{"id": "kb/a.md#0"}] and events[-2]["answered_by"] == "builtin:tiny-llama"
     assert local.totals()["completion_tokens"] == 2

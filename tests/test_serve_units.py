@@ -20,7 +20,10 @@ from llmops_engine.serving.config import (
 )
 from llmops_engine.serving.deploy import key_hashes
 from llmops_engine.serving.metrics import Metrics
-from llmops_engine.serving.openai_api import APIError, ChatRequest, CompletionRequest, chat_response, chat_stream
+from llmops_engine.serving.openai_api import (
+    APIError, ChatRequest, CompletionRelay, CompletionRequest, RelayedStream, chat_response,
+)
+from llmops_engine.serving.slot import _chunk
 from llmops_engine.serving.rollout import judge
 from llmops_engine.specs.deployment import DeploymentSpec
 
@@ -106,14 +109,35 @@ def test_openai_requests_tolerate_unknown_fields_and_map_chat_turns():
     assert no_user.value.body()["error"]["type"] == "invalid_request_error"
 
 
-def test_chat_stream_events_end_with_usage_then_done():
-    gen = {"text": "a b", "prompt_tokens": 3, "completion_tokens": 2, "finish_reason": "length"}
-    events = chat_stream("r1", "api", gen, include_usage=True, pieces=["a", " b"])
+def _done(text: str, prompt_tokens: int, completion_tokens: int, finish: str) -> dict:
+    return {"done": {"text": text, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                     "finish_reason": finish}}
+
+
+def test_a_local_chat_stream_ends_with_its_finish_then_usage_then_done():
+    relay = RelayedStream("r1", "api", True, None, None)
+    items = [_chunk({"text": "a"}, 0, "assistant"), _chunk({"text": " b"}), _chunk(_done("a b", 3, 2, "length"))]
+    events = [e for item in items for e in relay.events({"chunk": item})] + relay.close()
     assert all(e.startswith("data: ") and e.endswith("\n\n") for e in events)
     assert events[-1] == "data: [DONE]\n\n"
     usage = json.loads(events[-2][6:])
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == 5
     assert json.loads(events[-3][6:])["choices"][0]["finish_reason"] == "length"
+    assert json.loads(events[0][6:])["choices"][0]["delta"] == {"role": "assistant", "content": "a"}
+
+
+def test_a_streamed_completion_interleaves_its_choices_and_sums_their_usage():
+    relay = CompletionRelay("r1", "api", True, [None, None])
+    items = [_chunk({"text": "x"}, 1), _chunk({"text": "a"}, 0), _chunk(_done("x", 2, 1, "stop"), 1),
+             _chunk({"text": "b"}, 0), _chunk(_done("ab", 3, 2, "length"), 0)]
+    events = [json.loads(e[6:]) for item in items for e in relay.events({"chunk": item})]
+    assert [(e["choices"][0]["index"], e["choices"][0]["text"], e["choices"][0]["finish_reason"]) for e in events] == [
+        (1, "x", None), (0, "a", None), (1, "", "stop"), (0, "b", None), (0, "", "length")]
+    assert {e["object"] for e in events} == {"text_completion"} and {e["id"] for e in events} == {"cmpl-r1"}
+    tail = relay.close()
+    assert json.loads(tail[0][6:])["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    assert tail[-1] == "data: [DONE]\n\n"
+    assert relay.totals() == {"prompt_tokens": 5, "completion_tokens": 3, "finish_reason": ["length", "stop"]}
 
 
 def test_grounded_answers_carry_their_sources_in_the_response_and_the_stream_finish():
@@ -121,7 +145,9 @@ def test_grounded_answers_carry_their_sources_in_the_response_and_the_stream_fin
     sources = [{"id": "kb/billing.md#0", "source": "kb/billing.md", "score": 0.03}]
     assert chat_response("r1", "api", gen, sources)["sources"] == sources
     assert "sources" not in chat_response("r1", "api", gen)  # an ungrounded deployment adds nothing
-    events = [json.loads(e[6:]) for e in chat_stream("r1", "api", gen, True, ["a", " b"], sources)[:-1]]
+    relay = RelayedStream("r1", "api", True, sources, None)
+    items = [_chunk({"text": "a b"}, 0, "assistant"), _chunk(_done("a b", 3, 2, "stop"))]
+    events = [json.loads(e[6:]) for item in items for e in relay.events({"chunk": item})]
     finish = next(e for e in events if e["choices"] and e["choices"][0]["finish_reason"])
     assert finish["sources"] == sources
     assert [e for e in events if "sources" in e] == [finish]

@@ -76,11 +76,12 @@ class DeploymentController(BaseController):
         # A tuned model is asked its own way (template.json) unless the spec says otherwise.
         own_prompt = not (spec.serves_base_model() or knowledge or spec.allow_prompt_mismatch)
         prompt = None if own_prompt else _served_prompt(resource, ctx)
+        engine = _usable_engine(spec.engine, ctx)
         if spec.serves_base_model():
             ref = _absolute_ref(spec.model, ctx)
-            identity = _identity(ref, prompt, knowledge)
+            identity = _identity(ref, prompt, knowledge, spec.engine)
             return ModelRef(version=identity[:12], fingerprint=identity, base=ref, store_root=str(ctx.store.root),
-                            prompt=prompt, knowledge=knowledge, fault_error_rate=self.fault_error_rate)
+                            prompt=prompt, knowledge=knowledge, engine=engine, fault_error_rate=self.fault_error_rate)
         model_key = f"TuningJob/{spec.model}"
         fingerprint = ctx.fingerprint(model_key)
         _check_gate(resource, ctx, fingerprint)
@@ -88,10 +89,12 @@ class DeploymentController(BaseController):
         model_dir = ctx.artifact_dir(model_key)
         if not model_dir.is_dir():
             raise DeploymentError(f"the artifacts of {model_key} ({fingerprint[:12]}) are missing; apply it first")
-        # A tuned model asked its own way keeps its fingerprint's name; another prompt or an index makes a new version.
-        version = fingerprint[:12] if own_prompt else _identity(fingerprint, prompt, knowledge)[:12]
+        # A tuned model asked its own way on the default engine keeps its fingerprint's name; another
+        # prompt, an index or another engine (other numerics: a GGUF's, vLLM's kernels) makes a new version.
+        same = own_prompt and engine == "transformers"
+        version = fingerprint[:12] if same else _identity(fingerprint, prompt, knowledge, engine)[:12]
         return ModelRef(version=version, fingerprint=fingerprint, path=str(model_dir), store_url=ctx.store.url,
-                        prompt=prompt, knowledge=knowledge, fault_error_rate=self.fault_error_rate)
+                        prompt=prompt, knowledge=knowledge, engine=engine, fault_error_rate=self.fault_error_rate)
 
     def _relayed(self, resource: Resource, ctx: ApplyContext, knowledge: dict | None):
         """A prompt-only version: the provider's model asked with the Deployment's Prompt, then its
@@ -300,6 +303,26 @@ def _served_prompt(resource: Resource, ctx: ApplyContext) -> dict:
     return ctx.resources[f"Prompt/{resource.spec.prompt}"].spec.saved()
 
 
+def _usable_engine(engine: str, ctx: ApplyContext) -> str:
+    """`engine`, once this cluster can run it (checked before the live deployment is touched)."""
+    problem = None
+    if engine == "llama-cpp":
+        from ..serving.engines.llama_cpp import llama_cpp_problem
+
+        problem = llama_cpp_problem()
+    elif engine == "vllm":
+        import ray
+
+        from .. import raycluster
+        from ..serving.engines.vllm import vllm_problem
+
+        raycluster.connect(ctx.project)
+        problem = vllm_problem(ray.cluster_resources())
+    if problem:
+        raise DeploymentError(f"{problem}; the live version keeps serving")
+    return engine
+
+
 def _absolute_ref(ref: str, ctx: ApplyContext) -> str:
     # Serve replicas do not run in the project root: make path: and gguf: refs absolute.
     kind, _, path = ref.partition(":")
@@ -308,11 +331,14 @@ def _absolute_ref(ref: str, ctx: ApplyContext) -> str:
     return ref
 
 
-def _identity(model: str, prompt: dict | None, knowledge: dict | None) -> str:
-    """A served version's identity: the model, the prompt it is asked with, the index it reads."""
+def _identity(model: str, prompt: dict | None, knowledge: dict | None, engine: str = "transformers") -> str:
+    """A served version's identity: the model, the prompt it is asked with, the index it reads, the engine
+    that runs it (named only when not the default, so versions served before engines keep their names)."""
     from ..fingerprint import canonical_json
 
     parts = {"model": model, "prompt": prompt, "knowledge": knowledge and {k: v for k, v in knowledge.items() if k != "path"}}
+    if engine != "transformers":
+        parts["engine"] = engine
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
 
 

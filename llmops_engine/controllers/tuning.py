@@ -6,7 +6,8 @@ The recipe, top to bottom:
   2. examples rendered with the Prompt (what serving will send), response-only labels
   3. one TorchTrainer run named after the fingerprint (resumes after a crash)
   4. artifacts into staging: adapter/ (or model/), tokenizer/, template.json, model.json,
-     lineage.json, metrics.json, loss.csv, loss.png, optional merged/
+     lineage.json, metrics.json, loss.csv, loss.png, exports.json, optional merged/ and
+     gguf/model.<type>.gguf (verified against the merged model before anything is published)
 
 Heavy libraries (torch, ray, transformers, peft) are imported inside the functions: the
 planner may import this module.
@@ -50,6 +51,10 @@ class TuningController(BaseController):
 
         base = resolve_base(spec.base_model, ctx.store.root, ctx.project.root)
         chat = _chat_template(prompt_spec, base)
+        if "gguf" in spec.export:  # refused now rather than after training
+            from ..models.gguf_export import check_base, tokenizer_source
+
+            check_base(base.path, tokenizer_source(spec.base_model, ctx.project.root))
 
         # 2. examples
         from ..training.data import render_pairs, steps_per_epoch
@@ -138,10 +143,10 @@ def _write_artifacts(resource, ctx, staging: Path, base, template: dict, result,
     _write_json(staging / "template.json", template)
     _write_json(staging / "model.json", model_info)
     _write_json(staging / "metrics.json", metrics)
-    _write_json(staging / "lineage.json", _lineage(resource, ctx, base, template["template_hash"], fingerprint, cap))
     write_loss_curve(result.state["losses"], staging, f"{resource.name} ({version})")
-    if "merged" in spec.export:
-        _export_merged(staging, base.path)
+    exports = _write_exports(resource, ctx, staging, base)
+    lineage = _lineage(resource, ctx, base, template["template_hash"], fingerprint, cap)
+    _write_json(staging / "lineage.json", {**lineage, "exports": exports})
     ctx.report(f"{resource.key}: loss {metrics['initial_loss']:.3f} -> {metrics['final_loss']:.3f} "
                f"in {metrics['steps']} steps ({metrics['train_seconds']:.0f}s), model version {version}")
     chat = {"chat_template_sha256": text_sha256(template["chat_template"])} if template.get("chat_template") else {}
@@ -155,6 +160,7 @@ def _write_artifacts(resource, ctx, staging: Path, base, template: dict, result,
         "method": spec.method,
         "base_model": spec.base_model,
         "weights": "model/" if spec.method == "full" else "adapter/",
+        "exports": _exports_summary(exports),
     }
 
 
@@ -184,15 +190,57 @@ def _lineage(resource, ctx, base, template_hash: str, fingerprint: str, cap) -> 
     }
 
 
-def _export_merged(staging: Path, base_path: Path) -> None:
-    """fp16 weights with the adapter merged in, for runtimes without peft."""
-    import torch
+def _write_exports(resource, ctx, staging: Path, base) -> dict:
+    """Each export the spec asks for, with its digest, also written to exports.json.
+
+    The GGUF is written from the full-precision merged model before merged/ turns it to fp16.
+    """
+    from ..models.weights import weights_hash
+
+    spec = resource.spec
+    weights_dir = "model" if spec.method == "full" else "adapter"
+    exports: dict[str, dict] = {}
+    if "adapter" in spec.export:
+        exports[weights_dir] = {"path": f"{weights_dir}/", "sha256": weights_hash(staging / weights_dir)}
+    model = _merged_model(staging, base.path, spec.method) if {"merged", "gguf"} & set(spec.export) else None
+    if "gguf" in spec.export:
+        from ..models.gguf_export import export_gguf, tokenizer_source
+
+        source = tokenizer_source(spec.base_model, ctx.project.root)
+        exports["gguf"] = export_gguf(model, staging, spec.gguf_type, staging / "tokenizer", source, resource.name)
+        gguf = exports["gguf"]
+        ctx.report(f"{resource.key}: gguf export {gguf['type']}, {gguf['bytes'] / 1e6:.0f} MB, verified: max logit "
+                   f"difference {gguf['max_logit_diff']:.3g} (tolerance {gguf['tolerance']:.3g})")
+    if "merged" in spec.export:
+        _export_merged(staging, base.path, model)
+        exports["merged"] = {"path": "merged/", "sha256": weights_hash(staging / "merged")}
+    _write_json(staging / "exports.json", exports)
+    return exports
+
+
+def _exports_summary(exports: dict) -> dict:
+    """What the state record keeps of exports.json: enough for `status` and to find each file."""
+    kept = ("path", "sha256", "type", "max_logit_diff")
+    return {name: {key: entry[key] for key in kept if key in entry} for name, entry in exports.items()}
+
+
+def _merged_model(staging: Path, base_path: Path, method: str = "lora"):
+    """The tuned model in full precision: model/ for a full fine-tune, else the adapter folded into
+    the base loaded in full precision (merging into 4-bit weights would re-quantize)."""
     from peft import PeftModel
 
     from ..models.loaded import load_causal_lm
 
-    base = load_causal_lm(base_path)  # full precision: merging into 4-bit weights would re-quantize
-    merged = PeftModel.from_pretrained(base, staging / "adapter").merge_and_unload()
+    if method == "full":
+        return load_causal_lm(staging / "model")
+    return PeftModel.from_pretrained(load_causal_lm(base_path), staging / "adapter").merge_and_unload()
+
+
+def _export_merged(staging: Path, base_path: Path, merged=None) -> None:
+    """fp16 weights with the adapter merged in, for runtimes without peft (converts `merged` in place)."""
+    import torch
+
+    merged = merged if merged is not None else _merged_model(staging, base_path)
     merged.to(torch.float16).save_pretrained(staging / "merged", safe_serialization=True)
 
 

@@ -68,16 +68,16 @@ def load_causal_lm(path: Path, quantization: dict | None = None, device: str = "
     return model if quantization else model.to(device)
 
 
-class LoadedModel:
-    def __init__(self, model, tokenizer, version: str, template: dict | None = None, device: str = "cpu"):
-        self.model = model.eval()
+class PromptedTokenizer:
+    """A model version's tokenizer and saved Prompt: how its prompts are rendered and counted,
+    without its weights (an engine that runs another format of the same model needs only this)."""
+
+    def __init__(self, tokenizer, version: str, template: dict | None = None) -> None:
         self.tokenizer = ensure_pad_token(tokenizer)  # tuned or base, hub tokenizers may lack one
         self.version = version
         self.template = template
-        self.device = device
         self.tokenizer.padding_side = "left"  # generation continues each row from its last real token
         self.chat = self._checked_chat_template()
-
     # prompts -------------------------------------------------------------------
     @property
     def prompt_format(self) -> str | None:
@@ -113,7 +113,7 @@ class LoadedModel:
                                     "tokenizer has now; re-run its TuningJob (or restore its tokenizer/)")
         return chat
 
-    def _stop_ids(self) -> list[int]:
+    def stop_ids(self) -> list[int]:
         """Where an answer ends: EOS, and a chat prompt's end-of-turn token."""
         extra = self.chat.end_ids if self.chat else []
         return list(dict.fromkeys([self.tokenizer.eos_token_id, *extra]))
@@ -121,8 +121,15 @@ class LoadedModel:
     def _answer_end_ids(self) -> list[int]:
         return self.chat.end_ids if self.chat else [self.tokenizer.eos_token_id]
 
-    def _encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class LoadedModel(PromptedTokenizer):
+    def __init__(self, model, tokenizer, version: str, template: dict | None = None, device: str = "cpu"):
+        super().__init__(tokenizer, version, template)
+        self.model = model.eval()
+        self.device = device
 
     # generation ------------------------------------------------------------------
     def generate(
@@ -138,7 +145,7 @@ class LoadedModel:
 
         if not prompts:
             return []
-        stops = self._stop_ids()
+        stops = self.stop_ids()
         batch = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.device)
         empty = [row for row, length in enumerate(batch["attention_mask"].sum(dim=1).tolist()) if length == 0]
         if empty:
@@ -191,7 +198,7 @@ class LoadedModel:
         import torch
         import torch.nn.functional as F
 
-        pairs = [(self._encode(p), self._encode(r) + self._answer_end_ids()) for p, r in zip(prompts, responses)]
+        pairs = [(self.encode(p), self.encode(r) + self._answer_end_ids()) for p, r in zip(prompts, responses)]
         width = max(len(p) + len(r) for p, r in pairs)
         keep = max(len(r) for _, r in pairs) + 1  # the logits that predict every row's response tokens
         pad = [width - len(p) - len(r) for p, r in pairs]
@@ -216,9 +223,23 @@ def _store_root_of(model_dir: Path) -> Path:
 
 def load_trained(model_dir: Path, device: str = "cpu") -> LoadedModel:
     """A TuningJob artifact directory, ready for inference."""
+    model_dir = Path(model_dir)
+    prompted, meta = _artifact_prompting(model_dir)
+    if (model_dir / "model").is_dir():  # method full: complete weights
+        model = load_causal_lm(model_dir / "model", device=device)
+    else:
+        model = _base_with_adapter(model_dir, meta, device)
+    return LoadedModel(model, prompted.tokenizer, prompted.version, prompted.template, device)
+
+
+def load_trained_prompting(model_dir: Path) -> PromptedTokenizer:
+    """A TuningJob artifact's tokenizer and Prompt, without its weights."""
+    return _artifact_prompting(Path(model_dir))[0]
+
+
+def _artifact_prompting(model_dir: Path) -> tuple[PromptedTokenizer, dict]:
     from transformers import AutoTokenizer
 
-    model_dir = Path(model_dir)
     try:
         meta = json.loads((model_dir / "model.json").read_text())
         tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
@@ -226,12 +247,7 @@ def load_trained(model_dir: Path, device: str = "cpu") -> LoadedModel:
         raise ModelLoadError(f"{model_dir} is not a TuningJob artifact directory: {exc}") from exc
     template_path = model_dir / "template.json"
     template = json.loads(template_path.read_text()) if template_path.is_file() else None
-
-    if (model_dir / "model").is_dir():  # method full: complete weights
-        model = load_causal_lm(model_dir / "model", device=device)
-    else:
-        model = _base_with_adapter(model_dir, meta, device)
-    return LoadedModel(model, tokenizer, meta["version"], template, device)
+    return PromptedTokenizer(tokenizer, meta["version"], template), meta
 
 
 def _base_with_adapter(model_dir: Path, meta: dict, device: str):

@@ -55,6 +55,7 @@ class ModelRef:
     upstream: dict[str, Any] | None = None  # a provider's model (providers.client.Upstream), asked with `prompt`
     fallbacks: list[dict[str, Any]] | None = None  # ModelRefs that answer, in order, when the upstream fails
     label: str | None = None  # who answered, as responses say it (provider:gw/small, a TuningJob, a model ref)
+    engine: str = "transformers"  # what runs it in the replica (serving/engines)
     # Test-only fault injection: share of live (ingress-routed) requests that fail.
     fault_error_rate: float = 0.0
 
@@ -106,9 +107,7 @@ class Routing:
         return {
             "primary": self.primary,
             "slots": {
-                slot: {"weight": self.weights.get(slot, 0), "version": m.version if (m := self.models[slot]) else None,
-                       # a provider's answer is relayed as it streams in (ModelSlot.stream)
-                       **({"streams": True} if m and m.upstream else {})}
+                slot: {"weight": self.weights.get(slot, 0), "version": m.version if (m := self.models[slot]) else None}
                 for slot in SLOTS
             },
         }
@@ -181,13 +180,18 @@ def _slot(spec: dict[str, Any], slot: str, model: ModelRef | None, guardrails: l
                 "target_ongoing_requests": batching["max_batch_size"],
             }
         }
+    placement = {"ray_actor_options": {"num_cpus": REPLICA_CPUS}}
+    if model is not None and model.engine == "vllm":  # the engine's GPU worker is placed with the replica
+        from .engines.vllm import slot_deployment_options
+
+        placement = slot_deployment_options(REPLICA_CPUS)
     return {
         "name": slot,
         **scaling,
         # Twice a batch: one batch runs while the next one fills. A provider's calls only wait on
         # the network: as many as the ingress takes.
         "max_ongoing_requests": INGRESS_MAX_ONGOING if model and model.upstream else 2 * batching["max_batch_size"],
-        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
+        **placement,
         "user_config": {
             "model": model.to_json() if model else None,
             "max_prompt_tokens": spec["limits"]["max_prompt_tokens"],

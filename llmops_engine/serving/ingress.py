@@ -17,7 +17,6 @@ at runtime (a string "Request" would turn into a required query parameter).
 
 import asyncio
 import random
-import re
 import time
 from collections import deque
 from typing import Any, AsyncIterator
@@ -34,8 +33,8 @@ from .config import SLOTS
 from .front import CLIENT_CLOSED, ClientGone, Front, read_body
 from .guarding import GuardrailBlocked, compile_policy, guard_answers, guard_request, stream_guard
 from .openai_api import (
-    APIError, ChatRequest, CompletionRequest, RelayedStream, chat_response, chat_stream, completion_response,
-    completion_stream, validation_message,
+    APIError, ChatRequest, CompletionRelay, CompletionRequest, RelayedStream, chat_response, completion_response,
+    validation_message,
 )
 
 OUTCOME_HISTORY = 20000
@@ -46,9 +45,11 @@ class CanaryFailed(Exception):
     """A non-primary slot failed a stream before sending anything: the primary answers it."""
 
 
-def _pieces(text: str) -> list[str]:
-    """Stream pieces: word-sized chunks (generation is batched, so the text is complete)."""
-    return re.findall(r"\s*\S+|\s+$", text) or ([text] if text else [])
+def _payloads(parsed: ChatRequest | CompletionRequest, body: bytes, guarded: list, answers: list[str]) -> dict[str, Any]:
+    """What `log_payloads` logs: the request as the model saw it and the answers as the client got them
+    (masked where a guardrail masked)."""
+    request = parsed.model_dump_json(exclude_unset=True) if guarded else body.decode(errors="replace")
+    return {"request": request, "completion": answers}
 
 
 api = FastAPI(title="llmops", docs_url=None, redoc_url=None, openapi_url=None)
@@ -100,17 +101,16 @@ class Ingress:
             parsed = self._parse(body, endpoint, check_model=not routed)
             guarded += guard_request(policy, parsed)
             work, slot = self._work(parsed, endpoint), self._pick()
-            if parsed.stream and endpoint == "chat" and self._streams(slot):
+            if parsed.stream:
                 try:
-                    async for item in self._relay(slot, work, parsed, rid, policy, guarded):
+                    async for item in self._relay(slot, work, parsed, body, rid, policy, guarded):
                         yield item
                     return
                 except CanaryFailed:
                     slot = self.config["primary"]  # nothing was sent yet: the stable version answers
-                if self._streams(slot):
-                    async for item in self._relay(slot, work, parsed, rid, policy, guarded):
-                        yield item
-                    return
+                async for item in self._relay(slot, work, parsed, body, rid, policy, guarded):
+                    yield item
+                return
             slot, result = await self._dispatch(work, slot)
             guarded += result.get("guardrails") or []  # retrieved chunks the input checks acted on
             gens = guard_answers(policy, result["gens"], guarded)
@@ -134,25 +134,14 @@ class Ingress:
         sources, answered_by = result.get("sources"), result.get("answered_by")
         if sources is not None:  # ids only: the documents' text never reaches the log
             entry["sources"] = [s["id"] for s in sources]
-        if self.config.get("log_payloads"):  # as the model saw it and the client got it: masked
-            request = parsed.model_dump_json(exclude_unset=True) if guarded else body.decode(errors="replace")
-            entry.update(request=request, completion=[g["text"] for g in gens])
+        if self.config.get("log_payloads"):
+            entry.update(_payloads(parsed, body, guarded, [g["text"] for g in gens]))
         model, headers = parsed.model, {"x-request-id": rid, "x-model-version": version}
         if answered_by:  # a provider version: which model of its chain answered
             entry["answered_by"] = headers[ANSWERED_BY] = answered_by
-        if not parsed.stream:
-            answer = chat_response(rid, model, gens[0], sources) if endpoint == "chat" else completion_response(rid, model, gens)
-            yield {"status": 200, "headers": headers, "body": {**answer, **({"answered_by": answered_by} if answered_by else {})},
-                   "entry": entry}
-            return
-        yield {"status": 200, "headers": headers, "stream": True, "entry": entry}
-        yield {"first_token": True}
-        if endpoint == "chat":
-            events = chat_stream(rid, model, gens[0], parsed.include_usage(), _pieces(gens[0]["text"]), sources)
-        else:
-            events = completion_stream(rid, model, gens, parsed.include_usage(), [_pieces(g["text"]) for g in gens])
-        for event in events:
-            yield event
+        answer = chat_response(rid, model, gens[0], sources) if endpoint == "chat" else completion_response(rid, model, gens)
+        yield {"status": 200, "headers": headers, "body": {**answer, **({"answered_by": answered_by} if answered_by else {})},
+               "entry": entry}
 
     # HTTP, when the spec sets an explicit route_prefix ------------------------------
     @api.get("/healthz")
@@ -228,11 +217,13 @@ class Ingress:
             items = [{"prompt": p} for p in parsed.prompts()]
         return {"items": items, "params": params, "stops": parsed.stops(), "live": True}
 
-    async def _relay(self, slot: str, work: dict[str, Any], parsed: ChatRequest, rid: str, policy,
+    async def _relay(self, slot: str, work: dict[str, Any], parsed: ChatRequest | CompletionRequest, body: bytes, rid: str,
+                     policy,
                      guarded: list[dict[str, Any]]) -> AsyncIterator[Any]:
-        """A chat stream from a provider version, relayed chunk by chunk as the provider sends them
-        (RelayedStream in openai_api.py; the output checks see each chunk before it leaves), then the
-        usage the provider reported and what the guardrails did into the log entry.
+        """A stream, relayed chunk by chunk as the slot sends them — a provider's chunks as they
+        arrive, a local model's tokens as its engine makes them (RelayedStream in openai_api.py; the
+        output checks see each chunk before it leaves) — then the usage and what the guardrails did
+        into the log entry.
         A canary that fails before its first chunk raises CanaryFailed (the primary answers instead, as
         `_dispatch` does for a whole answer); once a chunk was relayed, nothing is retried."""
         started, version = time.monotonic(), self.config["slots"][slot]["version"]
@@ -256,14 +247,19 @@ class Ingress:
         sources, answered_by = head.get("sources"), head["answered_by"]
         guarded += head.get("guardrails") or []
         entry = {"deployment": self.config.get("deployment"), "model_version": version, "slot": slot,
-                 "answered_by": answered_by, **({"sources": [s["id"] for s in sources]} if sources is not None else {}),
+                 **({"sources": [s["id"] for s in sources]} if sources is not None else {}),
                  **({"retrieval_ms": head["retrieval_ms"]} if "retrieval_ms" in head else {})}
-        headers = {"x-request-id": rid, "x-model-version": version, ANSWERED_BY: answered_by}
+        headers = {"x-request-id": rid, "x-model-version": version}
+        if answered_by:  # a provider version: which model of its chain answered
+            entry["answered_by"] = headers[ANSWERED_BY] = answered_by
         yield {"status": 200, "headers": headers, "stream": True, "entry": entry}
-        relay = RelayedStream(rid, parsed.model, parsed.include_usage(), sources, answered_by, stream_guard(policy))
+        if isinstance(parsed, ChatRequest):
+            relay = RelayedStream(rid, parsed.model, parsed.include_usage(), sources, answered_by, stream_guard(policy))
+        else:
+            relay = CompletionRelay(rid, parsed.model, parsed.include_usage(), [stream_guard(policy) for _ in work["items"]])
         try:
             async for item in items:
-                events = relay.events(item, _pieces)
+                events = relay.events(item)
                 if events and relay.first_text:
                     yield {"first_token": True}
                 for event in events:
@@ -277,12 +273,11 @@ class Ingress:
             self._outcome(slot, False, time.monotonic() - started)
             raise
         self._outcome(slot, not relay.failed or relay.blocked, time.monotonic() - started)
-        yield {"entry": {**relay.totals(), **({"guardrails": guarded + relay.findings} if guarded or relay.findings else {})}}
+        findings = guarded + relay.findings
+        payloads = _payloads(parsed, body, findings, relay.texts()) if self.config.get("log_payloads") else {}
+        yield {"entry": {**relay.totals(), **({"guardrails": findings} if findings else {}), **payloads}}
         for event in relay.close():
             yield event
-
-    def _streams(self, slot: str) -> bool:
-        return bool((self.config.get("slots") or {}).get(slot, {}).get("streams"))
 
     async def _dispatch(self, work: dict[str, Any], slot: str) -> tuple[str, dict[str, Any]]:
         """Run on `slot` (picked by weight); on failure of a non-primary slot, retry on the primary.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
@@ -191,32 +191,9 @@ def sse(data: dict[str, Any] | Literal["[DONE]"]) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-def chat_stream(rid: str, model: str, gen: dict[str, Any], include_usage: bool, pieces: list[str],
-                sources: list[dict] | None = None) -> list[str]:
-    """SSE events of a chat completion: role, content pieces, finish (with a grounded deployment's
-    `sources`), [usage], [DONE]."""
-    head = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        body = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-        if include_usage:
-            body["usage"] = None
-        if finish is not None and sources is not None:
-            body["sources"] = sources
-        return sse(body)
-
-    events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": piece}) for piece in pieces]
-    events.append(chunk({}, gen["finish_reason"]))
-    if include_usage:
-        events.append(sse({**head, "choices": [], "usage": usage(gen["prompt_tokens"], gen["completion_tokens"])}))
-    events.append(sse("[DONE]"))
-    return events
-
-
 class RelayedStream:
-    """A provider's chat stream re-addressed as this deployment's (our id and `model`), event by
-    event as its chunks arrive; a local fallback's whole answer is streamed in pieces. Only a
+    """A chat stream — a provider's, or the local model's as its engine makes it — re-addressed as
+    this deployment's (our id and `model`), event by event as its chunks arrive. Only a
     delta's role and content are relayed. The finish chunk names who answered (`answered_by`)
     and a grounded deployment's `sources`; the usage the provider reported goes to the log
     entry, and to the client when it asked for it (stream_options.include_usage).
@@ -224,7 +201,7 @@ class RelayedStream:
     With a `guard` (guarding.StreamGuard: the deployment's output checks), content leaves only as
     the guard releases it; a block ends the stream with a `guardrail_blocked` error event."""
 
-    def __init__(self, rid: str, model: str, include_usage: bool, sources: list[dict] | None, answered_by: str,
+    def __init__(self, rid: str, model: str, include_usage: bool, sources: list[dict] | None, answered_by: str | None,
                  guard: Any = None):
         self.head = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": model}
@@ -235,31 +212,27 @@ class RelayedStream:
         self.blocked = False  # a guardrail cut the answer
         self.first_text = False  # the events just returned carry the answer's first text
         self._texts = 0
+        self._sent: list[str] = []  # the text that left, for log_payloads
 
     @property
     def findings(self) -> list[dict[str, Any]]:
         return self.guard.findings if self.guard is not None else []
 
-    def events(self, item: dict[str, Any], pieces: Callable[[str], list[str]]) -> list[str]:
+    def texts(self) -> list[str]:
+        """The answer as the client got it."""
+        return ["".join(self._sent)]
+
+    def events(self, item: dict[str, Any]) -> list[str]:
         before = self._texts
-        events = self._events(item, pieces)
+        events = self._events(item)
         self.first_text = before == 0 and self._texts > 0
         return events
 
-    def _events(self, item: dict[str, Any], pieces: Callable[[str], list[str]]) -> list[str]:
+    def _events(self, item: dict[str, Any]) -> list[str]:
         if self.blocked:
             return []
         if "chunk" in item:
             return self._relayed(item["chunk"])
-        if "gen" in item:
-            gen = item["gen"]
-            self.usage = usage(gen["prompt_tokens"], gen["completion_tokens"])
-            text = self._released(gen["text"], last=True)
-            if text is None:
-                return [self._blocked_event()]
-            return ([self._event({"role": "assistant", "content": ""})]
-                    + [self._event({"content": piece}) for piece in pieces(text)]
-                    + [self._finished(gen["finish_reason"])])
         error = item["error"]
         self.failed = error["code"]
         return [sse({"error": {"message": error["message"], "type": "server_error", "param": None, "code": error["code"]}})]
@@ -274,6 +247,7 @@ class RelayedStream:
                 return None
             text = released + tail
         self._texts += bool(text)
+        self._sent.append(text)
         return text
 
     def _blocked_event(self) -> str:
@@ -310,7 +284,8 @@ class RelayedStream:
 
     def _finished(self, finish: str, delta: dict[str, Any] | None = None) -> str:
         self.finish = finish
-        extra = {"answered_by": self.answered_by, **({"sources": self.sources} if self.sources is not None else {})}
+        extra = {**({"answered_by": self.answered_by} if self.answered_by else {}),
+                 **({"sources": self.sources} if self.sources is not None else {})}
         return self._event(delta or {}, finish, extra)
 
     def totals(self) -> dict[str, Any]:
@@ -329,19 +304,88 @@ class RelayedStream:
         return held + tail + [sse("[DONE]")]
 
 
-def completion_stream(rid: str, model: str, gens: list[dict[str, Any]], include_usage: bool,
-                      pieces: list[list[str]]) -> list[str]:
-    head = {"id": f"cmpl-{rid}", "object": "text_completion", "created": int(time.time()), "model": model}
-    events = []
-    for index, (gen, parts) in enumerate(zip(gens, pieces)):
-        for piece in parts:
-            events.append(sse({**head, "choices": [{"index": index, "text": piece, "finish_reason": None, "logprobs": None}]}))
-        events.append(sse({**head, "choices": [{"index": index, "text": "", "finish_reason": gen["finish_reason"], "logprobs": None}]}))
-    if include_usage:
-        total = usage(sum(g["prompt_tokens"] for g in gens), sum(g["completion_tokens"] for g in gens))
-        events.append(sse({**head, "choices": [], "usage": total}))
-    events.append(sse("[DONE]"))
-    return events
+class CompletionRelay:
+    """A streamed `/v1/completions` answer: each prompt's text as the local model makes it, as
+    text_completion chunks per choice `index` (OpenAI interleaves the choices the same way).
+    Each choice has its own output checks (`guards`); a block ends the whole stream with a
+    `guardrail_blocked` error event, as a chat stream does."""
+
+    def __init__(self, rid: str, model: str, include_usage: bool, guards: list[Any]):
+        self.head = {"id": f"cmpl-{rid}", "object": "text_completion", "created": int(time.time()), "model": model}
+        self.include_usage, self.guards = include_usage, guards
+        self.counts: dict[int, dict[str, int]] = {}  # usage per choice, from its last chunk
+        self.finishes: list[str | None] = [None] * len(guards)
+        self.failed: str | None = None
+        self.blocked = False
+        self.blocked_by: str | None = None
+        self.first_text = False
+        self._texts = 0
+        self._sent: list[list[str]] = [[] for _ in guards]  # each choice's text that left, for log_payloads
+
+    def texts(self) -> list[str]:
+        """Each choice's answer as the client got it."""
+        return ["".join(parts) for parts in self._sent]
+
+    @property
+    def findings(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for guard in self.guards:
+            found += [f for f in (guard.findings if guard is not None else []) if f not in found]
+        return found
+
+    def events(self, item: dict[str, Any]) -> list[str]:
+        before = self._texts
+        events = [] if self.blocked else self._events(item)
+        self.first_text = before == 0 and self._texts > 0
+        return events
+
+    def _events(self, item: dict[str, Any]) -> list[str]:
+        if "error" in item:
+            error = item["error"]
+            self.failed = error["code"]
+            return [sse({"error": {"message": error["message"], "type": "server_error", "param": None, "code": error["code"]}})]
+        chunk, events = item["chunk"], []
+        for choice in chunk["choices"]:
+            index, finish = choice["index"], choice.get("finish_reason")
+            if isinstance(chunk.get("usage"), dict):
+                self.counts[index] = chunk["usage"]
+            text = self._released(index, choice["delta"].get("content", ""), last=finish is not None)
+            if text is None:
+                message = f"the answer was blocked by guardrail check {self.blocked_by}"
+                return events + [sse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                                "code": "guardrail_blocked"}})]
+            if text or finish:
+                self.finishes[index] = finish or self.finishes[index]
+                events.append(sse({**self.head, "choices": [{"index": index, "text": text, "finish_reason": finish,
+                                                             "logprobs": None}]}))
+        return events
+
+    def _released(self, index: int, text: str, last: bool) -> str | None:
+        guard = self.guards[index]
+        if guard is not None:
+            released = guard.feed(text)
+            tail = guard.finish() if last and released is not None else ""
+            if released is None or tail is None:
+                self.blocked, self.failed, self.blocked_by = True, "guardrail_blocked", guard.blocked_by
+                return None
+            text = released + tail
+        self._texts += bool(text)
+        self._sent[index].append(text)
+        return text
+
+    def _usage(self) -> dict[str, int]:
+        return usage(sum(c["prompt_tokens"] for c in self.counts.values()),
+                     sum(c["completion_tokens"] for c in self.counts.values()))
+
+    def totals(self) -> dict[str, Any]:
+        counts = self._usage()
+        failure = {"status": 400 if self.blocked else 502, "error": self.failed} if self.failed else {}
+        return {"prompt_tokens": counts["prompt_tokens"], "completion_tokens": counts["completion_tokens"],
+                "finish_reason": self.finishes, **failure}
+
+    def close(self) -> list[str]:
+        tail = [sse({**self.head, "choices": [], "usage": self._usage()})] if self.include_usage and self.counts else []
+        return tail + [sse("[DONE]")]
 
 
 def validation_message(exc: Exception) -> tuple[str, str | None]:

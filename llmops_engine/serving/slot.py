@@ -1,21 +1,21 @@
 """A model slot: one Serve deployment holding at most one model version.
 
 Which version it holds is its user_config, so loading a new version into the spare slot
-is a `reconfigure` on the running replicas — no restart. Requests are collected by
-`@serve.batch` and run as one `LoadedModel.generate` call per group of equal settings.
+is a `reconfigure` on the running replicas — no restart. A local version runs on its engine
+(engines/: transformers with continuous batching, llama-cpp, vllm); every answer is a stream of
+the engine's tokens, collected into a whole answer unless the client streams.
 A grounded version (a knowledge base in its ModelRef) retrieves each chat request's chunks here,
 off the event loop, before batching: the index is part of the version, like the weights.
 
 A batch is shared by many clients, so nothing one request carries may fail or stall the
 others: prompts are checked per request before they are queued (an empty sequence would
-crash a 4-bit kernel and with it the replica), every prompt is its own batch entry (so
-`max_batch_size` bounds the tokens of every batch, and a many-prompt request queues behind
-the others instead of widening a batch), and an exception inside a batch is traced to the
-entries that caused it and fails only their requests.
+crash a 4-bit kernel and with it the replica), every prompt is its own sequence (so
+`max_batch_size` bounds the rows of every decode step, and a many-prompt request queues behind
+the others instead of widening a batch), and the engine fails only the sequence at fault.
 
 A provider version (its ModelRef has an `upstream`) holds HTTP clients instead of weights, plus
 at most one local model of its fallback chain; `generate` asks the chain in order (relay.py) and
-`stream` relays the provider's tokens as they arrive.
+`stream` relays the provider's tokens as they arrive — or the local model's, as it makes them.
 """
 
 from __future__ import annotations
@@ -26,28 +26,17 @@ import gc
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from ..errors import ChatTemplateError, ProviderError
+from ..errors import ChatTemplateError, EngineError, ProviderError
 from .config import ModelRef
 from .openai_api import MAX_PROMPTS_PER_REQUEST
 from ..providers.chat import chat_body, gen_of
 from .relay import UNSUPPORTED_COMPLETIONS, exhausted, refused, relay_error
 
-
-def load_model(ref: ModelRef):
-    from llmops_engine.models import load_base, load_trained
-    from llmops_engine.state.stores import object_on_this_node
-
-    if not ref.path:
-        return load_base(ref.base, Path(ref.store_root or "."), template=ref.prompt)
-    model = load_trained(object_on_this_node(ref.store_url, ref.fingerprint, ref.path))
-    if ref.prompt:
-        model.use_template(ref.prompt)
-    return model
+STREAM_WINDOW_S = 0.03  # how long a streamed chunk collects tokens after the first (see _next_window)
 
 
 def load_retriever(ref: ModelRef):
@@ -71,36 +60,31 @@ def render_chat(model, instruction: str, input: str, history: list[dict[str, str
     return "".join(f"{part}\n" for part in (context, input) if part) + f"user: {instruction}\nassistant:"
 
 
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    cuts = [text.find(s) for s in stops if s and s in text]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-
-
 @serve.deployment
 class ModelSlot:
     """Holds at most one model version; which one is its user_config (swap = reconfigure)."""
 
     def __init__(self) -> None:
         self.ref: ModelRef | None = None
-        self.model = None
+        self.model = None  # the version's PromptedTokenizer: renders and counts its prompts
+        self.engine = None  # runs the model (engines/)
         self.retriever = None
         self.clients: dict[str, Any] = {}  # provider label -> ProviderClient (a provider version's chain)
         self.key_hashes: dict[str, str] = {}  # SHA-256 of the provider keys the clients hold
         self.retired: list[Any] = []  # clients of a version swapped out, closed on the next request
         self.load_error: dict[str, str] | None = None
         self.max_prompt_tokens = 1024
-        self.batches = self.batched_requests = 0  # how full batches get (bench, tuning)
-        self.peak_batch_tokens = 0  # most padded tokens (prompt + new) one generate call held
+        self.batching: dict[str, Any] = {}
         self.policy = None  # the guardrails retrieved chunks pass (their input checks), if any
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
+    async def reconfigure(self, config: dict[str, Any]) -> None:
         from .guarding import compile_policy
 
         self.max_prompt_tokens = config["max_prompt_tokens"]
         self.policy = compile_policy(config.get("guardrails"))
-        batching = config["batching"]
-        self._batched.set_max_batch_size(batching["max_batch_size"])
-        self._batched.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
+        self.batching = config["batching"]
+        if hasattr(self.engine, "configure"):  # an engine that batches takes the new settings live
+            self.engine.configure(self.batching["max_batch_size"], self.batching["batch_wait_timeout_s"])
         ref = ModelRef.from_json(config.get("model"))
         hashes = config.get("provider_key_sha256") or {}
         if _same_weights(ref, self.ref) and hashes == self.key_hashes:
@@ -110,7 +94,9 @@ class ModelSlot:
         if _same_weights(ref, self.ref):  # a rotated provider key: new clients, same weights
             self.ref, self.clients = None, {}
         else:
-            self.model, self.retriever, self.ref, self.clients = None, None, None, {}
+            if self.engine is not None:
+                self.engine.close()  # it finishes the requests it has, then lets go of the weights
+            self.model, self.engine, self.retriever, self.ref, self.clients = None, None, None, None, {}
             gc.collect()  # free the old weights before loading the new ones
         self.load_error, self.key_hashes = None, hashes
         if ref is None:
@@ -119,7 +105,10 @@ class ModelSlot:
             if self.model is None and self.retriever is None:
                 self.retriever = load_retriever(ref)
                 local = ref.local_model()
-                self.model = load_model(local) if local else None
+                if local:
+                    from .engines.loading import start_engine
+
+                    self.model, self.engine = await start_engine(local, self.batching, self.max_prompt_tokens)
             self.clients = provider_clients(ref, hashes)
         except Exception as exc:  # noqa: BLE001 - stay up and empty; the engine reads the error
             # Raising here would make Serve restart the replica again and again; an empty
@@ -133,45 +122,47 @@ class ModelSlot:
         return {"version": self.ref.version if self.ref else None,
                 "loaded": self.ref is not None and (self.model is not None or bool(self.clients)),
                 "load_error": self.load_error,
-                "torch_threads": torch.get_num_threads() if torch else None, "batches": self.batches,
-                "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
-                "peak_batch_tokens": self.peak_batch_tokens}
+                "torch_threads": torch.get_num_threads() if torch else None,
+                **(self.engine.info() if self.engine is not None else {})}
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request: {"items": [{"prompt"} | {"instruction", "input"}], "params": {...}, "live"}."""
         if self.ref is None:
             raise RuntimeError("this slot holds no model")
+        ref, local = self.ref, (self.model, self.engine)  # as they are now: a swap may land during an await
         await self._close_retired()
-        version = self.ref.version
-        if request.get("live") and self.ref.fault_error_rate and random.random() < self.ref.fault_error_rate:
-            raise RuntimeError(f"injected fault in model version {version}")
+        self._inject_fault(request)
         items, sources, grounding = await self._grounded(request["items"])
-        if self.ref.upstream is not None:
-            return {**await self._relayed(request, items, sources), **grounding}
-        return {**await self._local(request, items, sources), **grounding}
+        if ref.upstream is not None:
+            return {**await self._relayed(ref, local, request, items, sources), **grounding}
+        return {**await self._local(ref.version, local, request, items, sources), **grounding}
 
     async def stream(self, request: dict[str, Any]):
-        """A provider version's chat request as it streams: {"head": {answered_by, sources}}, then
-        the provider's chunks ({"chunk": ...}) as they arrive, or a local fallback's whole answer
-        ({"gen": ...}); an {"error": ...} instead of the head when no model could answer, or after
-        chunks when the provider broke off mid-stream (nothing is retried once a token was relayed)."""
-        if self.ref is None or self.ref.upstream is None:
-            raise RuntimeError("this slot holds no provider version")
+        """A request as it streams: {"head": {answered_by, version, sources}}, then OpenAI-shaped chunks
+        ({"chunk": ...}) as the provider sends them or the local model makes them; an {"error": ...}
+        instead of the head when no model could answer, or after chunks when the answer broke off
+        mid-way (nothing is retried once a token left). Raw completion prompts: local versions only."""
+        if self.ref is None:
+            raise RuntimeError("this slot holds no model")
+        ref, local = self.ref, (self.model, self.engine)  # as they are now: a swap may land during an await
         await self._close_retired()
-        version = self.ref.version
+        self._inject_fault(request)
+        version = ref.version
         items, sources, grounding = await self._grounded(request["items"])
         if any("instruction" not in item for item in items):
-            yield {"error": UNSUPPORTED_COMPLETIONS, "version": version}
+            if ref.upstream is not None:
+                yield {"error": UNSUPPORTED_COMPLETIONS, "version": version}
+                return
+            async for item in self._local_stream(version, local, request, items, {"head": {"answered_by": None, "version": version}}):
+                yield item
             return
         failures: list[tuple[str, str]] = []
-        for member in self.ref.chain():
+        for member in ref.chain():
             head = {"head": {"answered_by": member.label, "version": version, **grounding,
                              **({"sources": sources} if self.retriever else {})}}
             if member.upstream is None:
-                result = await self._local(request, items, sources)
-                yield result if "error" in result else head
-                if "error" not in result:
-                    yield {"gen": result["gens"][0]}
+                async for item in self._local_stream(version, local, request, items, head):
+                    yield item
                 return
             relayed = False
             try:
@@ -195,23 +186,68 @@ class ModelSlot:
             return
         yield {"error": exhausted(failures), "version": version}
 
+    async def _local_stream(self, version: str, local: tuple[Any, Any], request: dict[str, Any],
+                            items: list[dict[str, Any]], head: dict[str, Any]):
+        """The local model's answers as OpenAI chunks, token by token (one choice `index` per prompt,
+        interleaved as the engine makes them). The head waits for the first token, so a version that
+        fails before it can still hand the request to the stable slot."""
+        model, engine = local
+        try:
+            prompts = [self._prompt(model, item) for item in items]
+        except ChatTemplateError as exc:
+            yield {"error": _invalid_messages(exc), "version": version}
+            return
+        if error := self._rejection(request, [engine.count_tokens(p) for p in prompts]):
+            yield {"error": error, "version": version}
+            return
+        events: asyncio.Queue = asyncio.Queue()
+        pumps = [asyncio.create_task(_pump(engine.stream(p, request["params"], request.get("stops") or []), i, events))
+                 for i, p in enumerate(prompts)]
+        try:
+            index, event = await events.get()
+            if isinstance(event, EngineError):
+                yield {"error": {"status": 500, "code": "server_error", "message": _failed(version, event)}, "version": version}
+                return
+            yield head
+            role = "assistant" if "instruction" in items[0] else None
+            yield {"chunk": _chunk(event, index, role if index == 0 else None)}
+            unfinished = len(prompts) - ("done" in event)
+            while unfinished:
+                window = await _next_window(events)
+                for index, event in window:
+                    if isinstance(event, EngineError):
+                        yield {"error": relay_error(500, "server_error", _failed(version, event))}
+                        return
+                for index, event in _coalesced(window):
+                    yield {"chunk": _chunk(event, index)}
+                    unfinished -= "done" in event
+        finally:
+            for pump in pumps:  # a client that left (or a failed answer) stops every generation of the request
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    def _inject_fault(self, request: dict[str, Any]) -> None:
+        """Test-only (ModelRef.fault_error_rate): fail this share of live requests, streamed or not."""
+        if request.get("live") and self.ref.fault_error_rate and random.random() < self.ref.fault_error_rate:
+            raise RuntimeError(f"injected fault in model version {self.ref.version}")
+
     async def _close_retired(self) -> None:
         """Close the HTTP clients of a version swapped out (reconfigure cannot await)."""
         retired, self.retired = self.retired, []
         for client in retired:
             await client.aclose()
 
-    async def _relayed(self, request: dict[str, Any], items: list[dict[str, Any]],
-                       sources: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _relayed(self, ref: ModelRef, local: tuple[Any, Any], request: dict[str, Any],
+                       items: list[dict[str, Any]], sources: list[dict[str, Any]]) -> dict[str, Any]:
         """Ask the chain in order: a failing provider hands the request to the next model."""
-        version = self.ref.version
+        version = ref.version
         if any("instruction" not in item for item in items):
             return {"error": UNSUPPORTED_COMPLETIONS, "version": version}
         grounded = {"sources": sources} if self.retriever else {}
         failures: list[tuple[str, str]] = []
-        for member in self.ref.chain():
+        for member in ref.chain():
             if member.upstream is None:
-                return {**await self._local(request, items, sources), "answered_by": member.label}
+                return {**await self._local(version, local, request, items, sources), "answered_by": member.label}
             try:
                 body = chat_body(member.prompt, items[0], request["params"], request.get("stops") or [])
                 answer = await self.clients[member.label].chat(body)
@@ -223,26 +259,34 @@ class ModelSlot:
             return {"gens": [gen_of(answer)], "version": version, "answered_by": member.label, **grounded}
         return {"error": exhausted(failures), "version": version}
 
-    async def _local(self, request: dict[str, Any], items: list[dict[str, Any]],
+    async def _local(self, version: str, local: tuple[Any, Any], request: dict[str, Any], items: list[dict[str, Any]],
                      sources: list[dict[str, Any]]) -> dict[str, Any]:
-        """Answer with the model this replica loaded, batched with other requests."""
-        model, version = self.model, self.ref.version
+        """Whole answers from the model this replica loaded (its engine batches them with other requests)."""
+        model, engine = local
         try:
             prompts = [self._prompt(model, item) for item in items]
         except ChatTemplateError as exc:  # the client's messages, not the replica, are at fault
-            error = {"status": 400, "code": "invalid_messages", "param": "messages", "message": str(exc)[:500]}
+            return {"error": _invalid_messages(exc), "version": version}
+        if error := self._rejection(request, [engine.count_tokens(p) for p in prompts]):
             return {"error": error, "version": version}
-        lengths = [len(model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        if error := self._rejection(request, lengths):
-            return {"error": error, "version": version}
-        entry = {"params": request["params"], "stops": request.get("stops") or []}
-        gens = await asyncio.gather(*(self._batched({**entry, "prompt": p, "tokens": n}) for p, n in zip(prompts, lengths)))
+        stops = request.get("stops") or []
+        gens = await asyncio.gather(*(self._answer(engine, p, request["params"], stops) for p in prompts))
         failures = [g["failure"] for g in gens if "failure" in g]
         if failures:
             # Raised, not returned: a version whose generation fails must count against it in
             # canary analysis (and the ingress retries the request on the primary slot).
-            raise RuntimeError(f"generation failed in model version {version}: {failures[0]}")
+            raise RuntimeError(_failed(version, failures[0]))
         return {"gens": gens, "version": version, **({"sources": sources} if self.retriever else {})}
+
+    @staticmethod
+    async def _answer(engine, prompt: str, params: dict[str, Any], stops: list[str]) -> dict[str, Any]:
+        try:
+            async for event in engine.stream(prompt, params, stops):
+                if "done" in event:
+                    return event["done"]
+        except EngineError as exc:
+            return {"failure": str(exc)}
+        return {"failure": "the engine ended the answer without finishing it"}
 
     async def _grounded(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict]:
         """Chat items with the chunks retrieved for their question as `context`, those chunks' sources,
@@ -296,58 +340,11 @@ class ModelSlot:
                                f"accepts at most {self.max_prompt_tokens}"}
         return None
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def _batched(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        self.batches += 1
-        self.batched_requests += len(entries)
-        # Run on the event loop, on purpose: generation of a small model is Python-bound, so in a
-        # worker thread it would fight the loop for the GIL and requests would trickle in one by
-        # one; blocking lets the requests that arrive meanwhile pile up into the next full batch
-        # (measured: mean batch 7.2 instead of 2.2 at 16 clients, bench/serve_bench.py).
-        return self._run_batch(entries)
-
-    def _run_batch(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """A result per entry, never an exception: a raise here would fail every request in the batch."""
-        results: list[dict[str, Any]] = [{} for _ in entries]
-        groups: dict[tuple, list[int]] = {}
-        for index, entry in enumerate(entries):
-            groups.setdefault(_group_key(entry["params"]), []).append(index)
-        for key, members in groups.items():
-            self._generate_group(dict(key), members, entries, results)
-        return results
-
-    def _generate_group(self, params: dict[str, Any], members: list[int], entries: list[dict[str, Any]],
-                        results: list[dict[str, Any]]) -> None:
-        model = self.model
-        width = max(entries[i]["tokens"] for i in members) + params["max_new_tokens"]  # left padding
-        self.peak_batch_tokens = max(self.peak_batch_tokens, len(members) * width)
-        try:
-            outs = model.generate([entries[i]["prompt"] for i in members], **params)
-            finished = [self._finish(model, out, entries[i]["stops"]) for i, out in zip(members, outs)]
-        except Exception as exc:  # noqa: BLE001 - isolated per entry below, reported by generate()
-            if len(members) > 1:
-                for index in members:  # one at a time: only the entry that raises fails
-                    self._generate_group(params, [index], entries, results)
-                return
-            results[members[0]] = {"failure": f"{type(exc).__name__}: {exc}"[:500]}
-            return
-        for index, result in zip(members, finished):
-            results[index] = result
-
     @staticmethod
     def _prompt(model, item: dict[str, Any]) -> str:
         if "prompt" in item:
             return item["prompt"]
         return render_chat(model, item["instruction"], item.get("input", ""), item.get("history"), item.get("context", ""))
-
-    @staticmethod
-    def _finish(model, out, stops: list[str]) -> dict[str, Any]:
-        text, stopped = cut_at_stop(out.text, stops)
-        completion_tokens = out.completion_tokens
-        if stopped:
-            completion_tokens = len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return {"text": text, "prompt_tokens": out.prompt_tokens, "completion_tokens": completion_tokens,
-                "finish_reason": "stop" if stopped else out.finish_reason}
 
 
 def provider_clients(ref: ModelRef, key_hashes: dict[str, str]) -> dict[str, Any]:
@@ -366,13 +363,65 @@ def provider_clients(ref: ModelRef, key_hashes: dict[str, str]) -> dict[str, Any
 
 
 def _same_weights(a: ModelRef | None, b: ModelRef | None) -> bool:
-    strip = lambda r: None if r is None else (r.version, r.path, r.base, r.store_root, r.knowledge)  # noqa: E731
+    strip = lambda r: None if r is None else (r.version, r.path, r.base, r.store_root, r.knowledge, r.engine)  # noqa: E731
     return strip(a) == strip(b)
 
 
-def _group_key(params: dict[str, Any]) -> tuple:
-    # Requests with the same generation settings share one generate() call.
-    keep = {"max_new_tokens": params["max_new_tokens"], "do_sample": params["do_sample"]}
-    if params["do_sample"]:
-        keep.update(temperature=params["temperature"], top_p=params["top_p"], seed=params["seed"])
-    return tuple(sorted(keep.items()))
+async def _next_window(events: asyncio.Queue) -> list[tuple[int, Any]]:
+    """The next event, and every other one that arrives within STREAM_WINDOW_S after it: each
+    chunk crosses three Serve processes (slot, ingress, gateway) on its way out, and at a token per
+    chunk those hops took a quarter of llama.cpp's CPU on 2 cores (bench/engines_bench.py). The
+    first token never waits (it leaves before the loop that calls this)."""
+    window = [await events.get()]
+    if isinstance(window[0][1], dict) and "done" not in window[0][1]:
+        await asyncio.sleep(STREAM_WINDOW_S)
+    while not events.empty():
+        window.append(events.get_nowait())
+    return window
+
+
+def _coalesced(window: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """A window's events as one event per prompt: its new text joined, with its end if it came."""
+    merged: dict[int, dict[str, Any]] = {}
+    for index, event in window:
+        into = merged.setdefault(index, {"text": ""})
+        into["text"] += event.get("text", "")
+        if "done" in event:
+            into["done"] = event["done"]
+    return list(merged.items())
+
+
+async def _pump(events, index: int, queue: asyncio.Queue) -> None:
+    """One prompt's engine events into the request's queue, tagged with the prompt's index; any
+    failure, or an end without "done", as an EngineError (the reader must never wait forever)."""
+    try:
+        async for event in events:
+            await queue.put((index, event))
+            if "done" in event:
+                return
+    except Exception as exc:  # noqa: BLE001 - whatever the engine raised, the request fails with it
+        await queue.put((index, exc if isinstance(exc, EngineError) else EngineError(f"{type(exc).__name__}: {exc}")))
+        return
+    await queue.put((index, EngineError("the engine ended the answer without finishing it")))
+
+
+def _chunk(event: dict[str, Any], index: int = 0, role: str | None = None) -> dict[str, Any]:
+    """Engine events (new text, the end, or both) as the OpenAI chunk a provider would have sent
+    (relayed the same way)."""
+    delta = {"role": role} if role else {}
+    if event.get("text"):
+        delta["content"] = event["text"]
+    choice = {"index": index, "delta": delta}
+    if "done" not in event:
+        return {"choices": [choice]}
+    done = event["done"]
+    return {"choices": [{**choice, "finish_reason": done["finish_reason"]}],
+            "usage": {"prompt_tokens": done["prompt_tokens"], "completion_tokens": done["completion_tokens"]}}
+
+
+def _invalid_messages(exc: ChatTemplateError) -> dict[str, Any]:
+    return {"status": 400, "code": "invalid_messages", "param": "messages", "message": str(exc)[:500]}
+
+
+def _failed(version: str, reason: Any) -> str:
+    return f"generation failed in model version {version}: {reason}"[:500]

@@ -25,6 +25,7 @@ def check_resources(root: Path, resources: list[Resource]) -> list[SpecIssue]:
     _route_prefixes(by_key, issues)
     _provider_models(by_key, issues)
     _guardrail_files(root, by_key, issues)
+    _engine_exports(by_key, issues)
     if not issues:
         from ..graph import find_cycle
 
@@ -192,6 +193,21 @@ def _tuning_data(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
             message = (f"Dataset '{dataset.name}' is eval-only (split.eval_fraction: 1.0), so it has no train rows; "
                        "tune on a Dataset with a train split, or lower its eval_fraction")
             issues.append(_issue(resource, ("spec", "dataset"), message))
+
+
+ENGINE_EXPORTS = {"llama-cpp": "gguf", "vllm": "merged"}  # the export of a TuningJob each engine runs
+
+
+def _engine_exports(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
+    """A Deployment's engine runs its TuningJob's weights in the engine's format: it must export them."""
+    for resource in by_key.values():
+        needed = ENGINE_EXPORTS.get(getattr(resource.spec, "engine", None))
+        job = by_key.get(key_of("TuningJob", resource.spec.model)) if resource.kind == "Deployment" and needed else None
+        if job is None or needed in job.spec.export or (needed == "merged" and job.spec.method == "full"):
+            continue
+        message = (f"engine {resource.spec.engine} runs the {needed} export, and TuningJob '{job.name}' exports "
+                   f"{', '.join(job.spec.export)}: add {needed} to its export")
+        issues.append(_issue(resource, ("spec", "engine"), message))
 
 
 def _route_prefixes(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:

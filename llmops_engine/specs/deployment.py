@@ -13,6 +13,12 @@ from .tuning import MODEL_REF, is_model_ref
 MAX_FALLBACKS = 4
 
 
+def _is_gguf_base(ref: str) -> bool:
+    from .tuning import GGUF_BUILTINS
+
+    return ref.startswith("gguf:") or ref.removeprefix("builtin:") in GGUF_BUILTINS
+
+
 class Replicas(StrictModel):
     min: PositiveInt = 1
     max: PositiveInt = 1
@@ -134,6 +140,12 @@ class DeploymentSpec(KindSpec):
     auth: Auth | Literal["none"] = Field(description="{api_keys_env: NAME}, or `none` for an open endpoint.")
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
+    # Left out of the dump when "transformers" (the default), so deployments written before engines keep their fingerprint.
+    engine: Literal["transformers", "llama-cpp", "vllm"] = Field(
+        default="transformers", exclude_if=lambda value: value == "transformers",
+        description="What runs the model: transformers (continuous batching, on CPU), llama-cpp (the TuningJob's "
+                    "GGUF export on CPU; the llama-cpp extra) or vllm (its merged export on a GPU, via Ray Serve LLM).",
+    )
     route_prefix: str | None = Field(
         default=None, pattern=r"^/([A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*)?$",
         description="Also serve this deployment's own API at this HTTP prefix; by default it is reached only "
@@ -150,6 +162,16 @@ class DeploymentSpec(KindSpec):
         if ":" in self.model and not (self.serves_base_model() or self.serves_provider()):
             raise FieldError(("model", f"'{self.model}' is neither a TuningJob name, a model ref ({MODEL_REF}) "
                                        "nor provider:<name>/<alias>"))
+        return self
+
+    @model_validator(mode="after")
+    def _engine_runs_the_model(self) -> "DeploymentSpec":
+        if self.engine != "transformers" and (self.serves_provider() or self.fallbacks):
+            raise FieldError(("engine", f"engine {self.engine} runs a local model; a provider's model is relayed "
+                                        "(remove `engine`, or serve a TuningJob)"))
+        if self.engine == "llama-cpp" and self.serves_base_model() and not _is_gguf_base(self.model):
+            raise FieldError(("engine", f"engine llama-cpp runs GGUF files and '{self.model}' is not one: serve a "
+                                        "TuningJob that exports gguf, builtin:smollm2-135m-instruct or a gguf: file"))
         return self
 
     @model_validator(mode="after")

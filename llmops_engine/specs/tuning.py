@@ -11,6 +11,7 @@ from .base import FieldError, KindSpec, PathInput, Reference, StrictModel, refer
 
 MODEL_REF = r"^(builtin:[a-z0-9-]+|hf:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|gguf:.+\.gguf|path:.+)$"
 BUILTIN_MODELS = ("tiny-llama", "smollm2-135m-instruct")  # models/builtin.py BUILTIN_NAMES
+GGUF_BUILTINS = ("smollm2-135m-instruct",)  # shipped as GGUF files (models/builtin.py PACKAGED_MODELS)
 
 
 def is_model_ref(value: str) -> bool:
@@ -71,7 +72,16 @@ class TuningJobSpec(KindSpec):
     lora: Lora = Field(default_factory=Lora)
     training: Training = Field(default_factory=Training)
     resources: Resources = Field(default_factory=Resources)
-    export: list[Literal["adapter", "merged"]] = Field(default_factory=lambda: ["adapter"])
+    export: list[Literal["adapter", "merged", "gguf"]] = Field(
+        default_factory=lambda: ["adapter"],
+        description="adapter: the LoRA adapter (or model/ for method full); merged: fp16 weights with the adapter "
+                    "folded in; gguf: a Llama-family GGUF file for llama.cpp, verified against the merged model.",
+    )
+    # Left out of the dump when "f16" (the default), so jobs written before GGUF export keep their fingerprint.
+    gguf_type: Literal["f16", "q8_0"] = Field(
+        default="f16", exclude_if=lambda value: value == "f16",
+        description="Tensor type of the gguf export: f16, or q8_0 (8-bit blocks, about half the size).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "TuningJobSpec":
@@ -95,6 +105,8 @@ class TuningJobSpec(KindSpec):
         if gpus > 1 and gpus != int(gpus):
             message = "resources.gpus_per_worker above 1 must be a whole number (fractions only below 1)"
             raise FieldError(("resources.gpus_per_worker", message))
+        if "gguf_type" in self.model_fields_set and "gguf" not in self.export:
+            raise FieldError(("gguf_type", "gguf_type applies to the gguf export; add gguf to export or remove gguf_type"))
         if "merged" in self.export and self.method == "full":
             raise FieldError(("export", "export 'merged' applies to adapters; a full fine-tune is already merged"))
         return self
