@@ -27,16 +27,13 @@ import threading
 import time
 from pathlib import Path
 
+from serve_bench import percentile  # the same percentile as the other serving benches
+
 QUESTIONS = [
     "How do I reset my password?", "Write a short poem about invoices.", "Why was my card declined?",
     "Explain how refunds work for annual plans, step by step.", "What is a student discount?",
     "Tell me a long story about a lighthouse keeper.", "How do I export my data?", "Say hello.",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def workload(requests: int, seed: int = 7) -> list[tuple[str, int]]:

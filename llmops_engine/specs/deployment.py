@@ -105,9 +105,10 @@ GATEWAY_PATHS = ("/v1", "/healthz", "/metrics")
 
 
 class Batching(StrictModel):
-    max_batch_size: PositiveInt = 8
+    max_batch_size: PositiveInt = Field(default=8, description="Most sequences one replica decodes together.")
     batch_wait_timeout_s: float = Field(
-        default=0.05, ge=0, description="How long a batch waits to fill; 50 ms doubled 16-client throughput (BENCHMARKS.md)."
+        default=0.05, ge=0, description="How long an idle replica waits for more requests to prefill with its first one; "
+                                        "later requests join the running batch at its next decode step.",
     )
 
 
