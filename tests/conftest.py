@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = [p for p in ("tests.plugins.ray_cluster", "tests.plugins.s3_server") if (REPO / (p.replace(".", "/") + ".py")).exists()]
 pytest_plugins.append("pytester")  # test_suite_guards.py runs small pytest sessions under our settings
 
+@pytest.fixture(scope="session")
+def smollm2_store(tmp_path_factory) -> Path:
+    """An artifact store where SmolLM2's GGUF is dequantized once (~30 s) for every test that only
+    needs its weights (the conversion itself is tested in test_models_real.py)."""
+    from llmops_engine.models import resolve_base
+
+    store = tmp_path_factory.mktemp("smollm2-store")
+    resolve_base("builtin:smollm2-135m-instruct", store)
+    return store
+
+
 PROMPT = """
 apiVersion: llmops/v1
 kind: Prompt

@@ -412,7 +412,7 @@ NIMBUS_CHAT = [
 
 
 @pytest.mark.slow
-def test_smollm2_chat_prompt_tunes_on_the_answer_and_stops_at_im_end(tmp_path):
+def test_smollm2_chat_prompt_tunes_on_the_answer_and_stops_at_im_end(smollm2_store):
     import torch
     from transformers import AutoTokenizer
 
@@ -423,7 +423,7 @@ def test_smollm2_chat_prompt_tunes_on_the_answer_and_stops_at_im_end(tmp_path):
     from llmops_engine.training.model import build_trainable_model
 
     started = time.perf_counter()
-    base = resolve_base("builtin:smollm2-135m-instruct", tmp_path / "store")
+    base = resolve_base("builtin:smollm2-135m-instruct", smollm2_store)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(base.path))
     chat = chat_template_of(tokenizer, base.ref)
     assert chat.end_of_turn == "<|im_end|>"

@@ -267,12 +267,12 @@ def test_gguf_type_changes_the_fingerprint_and_its_default_does_not():
 # --- the real model: SmolLM2-135M, its tokenizer copied from the GGUF it was read from ---
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
+def smollm2(smollm2_store):
     from llmops_engine.models import resolve_base
     from llmops_engine.models.gguf_export import tokenizer_source
     from llmops_engine.models.loaded import load_causal_lm
 
-    base = resolve_base(SMOLLM2, tmp_path_factory.mktemp("store"))
+    base = resolve_base(SMOLLM2, smollm2_store)
     return base, load_causal_lm(base.path), tokenizer_source(SMOLLM2, Path.cwd())
 
 

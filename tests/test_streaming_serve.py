@@ -30,31 +30,29 @@ LONG = [{"role": "user", "content": "Write a long story about a lighthouse keepe
 MAX_NEW_TOKENS = 384
 
 
-def _deploy(ray_project, app: str, engine: str):
+def _deploy(ray_project, store_root, app: str, engine: str):
     from llmops_engine.models import resolve_base
     from llmops_engine.models.chat import chat_template_of
     from llmops_engine.specs.prompt import PromptSpec
-    from llmops_engine.state.stores import open_store
     from transformers import AutoTokenizer
 
     port = _serve_port(ray_project)
     project = Project(ray_project.root, ray_project.settings.model_copy(update={"serve": ServeSettings(port=port)}))
-    store = open_store(project)
-    base = resolve_base(BASE, store.root)
+    base = resolve_base(BASE, store_root)
     prompt = PromptSpec(format="chat", template="{instruction}").saved(chat_template_of(AutoTokenizer.from_pretrained(base.path), BASE))
     spec = DeploymentSpec.model_validate({
         "model": BASE, "prompt": "p", "gate": None, "auth": "none", "engine": engine,
         "limits": {"max_new_tokens": MAX_NEW_TOKENS}, "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02},
     }).model_dump(mode="json")
-    target = ModelRef(version=f"smollm2-{engine}", fingerprint="smollm2", base=BASE, store_root=str(store.root),
+    target = ModelRef(version=f"smollm2-{engine}", fingerprint="smollm2", base=BASE, store_root=str(store_root),
                       prompt=prompt, engine=engine)
     deploy(project, app, spec, target, report=lambda line: None)
     return project, f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture(scope="module")
-def served(ray_project):
-    project, url = _deploy(ray_project, APP, "transformers")
+def served(ray_project, smollm2_store):
+    project, url = _deploy(ray_project, smollm2_store, APP, "transformers")
     yield url
     undeploy(project, APP)
 
@@ -148,9 +146,9 @@ LLAMA_APP = "stream-api-gguf"
 
 
 @pytest.fixture(scope="module")
-def served_gguf(ray_project):
+def served_gguf(ray_project, smollm2_store):
     pytest.importorskip("llama_cpp", reason="engine llama-cpp needs the llama-cpp extra (pip install '.[llama-cpp]')")
-    project, url = _deploy(ray_project, LLAMA_APP, "llama-cpp")
+    project, url = _deploy(ray_project, smollm2_store, LLAMA_APP, "llama-cpp")
     yield url
     undeploy(project, LLAMA_APP)
 
