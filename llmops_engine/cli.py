@@ -111,11 +111,10 @@ def validate(
     fmt: Format = typer.Option(Format.text, "--format", help="text | json | github (annotations)"),
 ) -> None:
     """Check every spec: syntax, types, references, cycles, paths. Exit 1 on any problem."""
-    from .specs.loader import load_resources
 
     with user_errors(fmt, directory):
         project = _project(directory)
-        resources = load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)
+        resources = project.load_resources()
     if fmt == Format.json:
         print(json.dumps({"resources": [r.key for r in resources], "errors": []}, indent=2))
     else:

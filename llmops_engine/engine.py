@@ -41,7 +41,8 @@ class Engine:
         return Journal(self.project.state_dir / "journal.sqlite")
 
     def load(self) -> Desired:
-        return load_desired(self.project)
+        """The specs as they stand, for read-only views (status, report): never queries a database."""
+        return load_desired(self.project, query_databases=False)
 
     def records(self) -> dict[str, ResourceRecord]:
         return self.store.read_records()

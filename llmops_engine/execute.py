@@ -73,7 +73,8 @@ class Executor:
             self.report(f"resuming: apply {row.apply_id} was interrupted during {row.action} {row.key}")
         self.journal.begin_apply(apply_id, "apply")
         self.journal.close_interrupted(apply_id)
-        ctx = ApplyContext(self.project, self.store, desired.by_key, desired.fingerprints, records, self.report)
+        ctx = ApplyContext(self.project, self.store, desired.by_key, desired.fingerprints, records, self.report,
+                           inputs=desired.inputs)
         result = ApplyResult(apply_id)
         broken: set[str] = set()
         for action in plan.actions:

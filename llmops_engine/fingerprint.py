@@ -116,15 +116,18 @@ def environment_inputs(resource: Resource) -> dict[str, str]:
 
 
 def fingerprint_all(
-    by_key: Mapping[str, Resource], order: list[str], hasher: ContentHasher
+    by_key: Mapping[str, Resource], order: list[str], hasher: ContentHasher,
+    observed_inputs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """Fingerprints (and the input hashes behind them) for every resource, in dependency order."""
+    """Fingerprints (and the input hashes behind them) for every resource, in dependency order.
+    `observed_inputs`: inputs that are not files, by resource key (a database extract's hash)."""
     fingerprints: dict[str, str] = {}
     inputs: dict[str, dict[str, str]] = {}
     for key in order:
         resource = by_key[key]
         deps = {dep: fingerprints[dep] for dep in dependencies(resource) if dep in fingerprints}
-        inputs[key] = hasher.hash_inputs(resource.spec.repo_paths()) | environment_inputs(resource)
+        inputs[key] = (hasher.hash_inputs(resource.spec.repo_paths()) | environment_inputs(resource)
+                       | dict((observed_inputs or {}).get(key, {})))
         fingerprints[key] = compute_fingerprint(resource, deps, inputs[key])
     hasher.save()
     return fingerprints, inputs

@@ -17,7 +17,6 @@ from .fingerprint import ContentHasher, fingerprint_all
 from .graph import dependencies, topological_order
 from .planner import DesiredResource, ObservedResource, Plan, PlanOptions, make_plan
 from .project import Project
-from .specs.loader import load_resources
 from .specs.resource import Resource
 from .state.artifacts import ArtifactStore
 from .state.records import ResourceRecord
@@ -29,6 +28,7 @@ class Desired:
     order: list[str]
     fingerprints: dict[str, str]
     inputs: dict[str, dict[str, str]]
+    notes: dict[str, tuple[str, ...]]
 
     def planned(self) -> list[DesiredResource]:
         items = []
@@ -38,7 +38,7 @@ class Desired:
             items.append(
                 DesiredResource(
                     key, resource.kind, resource.name, self.fingerprints[key],
-                    resource.normalized_spec(), deps, self.inputs[key],
+                    resource.normalized_spec(), deps, self.inputs[key], self.notes.get(key, ()),
                 )
             )
         return items
@@ -51,13 +51,30 @@ class Observation:
     records: dict[str, ResourceRecord]
 
 
-def load_desired(project: Project) -> Desired:
-    resources = load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)
+def load_desired(project: Project, query_databases: bool = True) -> Desired:
+    """The specs, their fingerprints and inputs. `query_databases`: run a database source's query
+    where its refresh policy says so (plan, apply), or only read its last extract (status)."""
+    resources = project.load_resources()
     by_key = {r.key: r for r in resources}
     order = topological_order(by_key)
     hasher = ContentHasher(project.root, project.state_dir / "hash-cache.json", project.engine_dirs())
-    fingerprints, inputs = fingerprint_all(by_key, order, hasher)
-    return Desired(by_key, order, fingerprints, inputs)
+    observed, notes = _database_inputs(resources, project, query_databases)
+    fingerprints, inputs = fingerprint_all(by_key, order, hasher, observed)
+    return Desired(by_key, order, fingerprints, inputs, notes)
+
+
+def _database_inputs(resources: list[Resource], project: Project, query: bool):
+    """A database source's extract (data/extracts.py): made or found here, named by its hash."""
+    if not any(r.kind == "Dataset" and r.spec.source.kind() == "database" for r in resources):
+        return {}, {}
+    from .data.extracts import observe_database
+
+    inputs, notes = {}, {}
+    for resource in resources:
+        found = observe_database(resource, project.state_dir, query)
+        if found is not None:
+            inputs[resource.key], notes[resource.key] = found.inputs, (found.note,)
+    return inputs, notes
 
 
 def observe(project: Project, store: ArtifactStore, registry: Registry, options: PlanOptions) -> Observation:

@@ -44,6 +44,7 @@ class DesiredResource:
     spec: dict[str, Any]
     dependencies: dict[str, str]
     inputs: dict[str, str]
+    notes: tuple[str, ...] = ()  # what observation found worth saying (a database source's extract)
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,10 @@ def make_plan(
 def _decide(resource: DesiredResource, old: ObservedResource | None, changing: set[str]) -> Action:
     requires = tuple(sorted(resource.dependencies))
     if old is None:
-        return Action(resource.key, "create", ("not applied yet",), resource.fingerprint, requires=requires)
+        return Action(resource.key, "create", ("not applied yet",), resource.fingerprint, requires=requires,
+                      notes=resource.notes)
     reasons = _reasons(resource, old, changing)
-    notes = (f"live state unknown: {old.live_unknown}",) if old.live_unknown else ()
+    notes = resource.notes + ((f"live state unknown: {old.live_unknown}",) if old.live_unknown else ())
     if not reasons:
         return Action(resource.key, "no-op", (), resource.fingerprint, old.fingerprint, requires, notes)
     return Action(resource.key, "update", tuple(reasons), resource.fingerprint, old.fingerprint, requires, notes, old.cost)
@@ -232,7 +234,9 @@ def blockers(action: Action, failed: set[str]) -> list[str]:
 def _input_reasons(old: dict[str, str], new: dict[str, str]) -> list[str]:
     """One reason per input file (a document, a data file) or environment variable that differs."""
     changed = sorted(path for path in set(old) | set(new) if old.get(path) != new.get(path))
-    return [f"environment changed: {path[4:]}" if path.startswith("env:") else f"data {_how(path, old, new)}: {path}"
+    return [f"environment changed: {path[4:]}" if path.startswith("env:")
+            else f"database extract changed: ${path[9:]}" if path.startswith("database:")
+            else f"data {_how(path, old, new)}: {path}"
             for path in changed]
 
 

@@ -10,7 +10,8 @@ from pydantic import Field, ValidationError, field_validator
 
 from .errors import ProjectError
 from .specs.base import StrictModel
-from .specs.loader import MAX_SPEC_BYTES, read_documents
+from .specs.loader import MAX_SPEC_BYTES, load_resources, read_documents
+from .specs.resource import Resource
 
 PROJECT_FILE = "llmops.yaml"
 MAX_PROJECT_FILE_BYTES = 64 * 1024
@@ -68,6 +69,10 @@ class Project:
         if "://" in url:
             return url
         return str((self.root / url).resolve())
+
+    def load_resources(self) -> list[Resource]:
+        """Every spec, validated (SpecError otherwise), with the project's settings and cache."""
+        return load_resources(self.root, self.settings.spec_dirs, self.settings.max_spec_bytes, self.state_dir / "cache")
 
     def engine_dirs(self) -> tuple[Path, ...]:
         """The folders inside the repository that hold the engine's own output (state, a local

@@ -481,10 +481,9 @@ def head_environment(project: Project, temp_root: Path) -> dict[str, str]:
 
 def spec_secret_names(project: Project) -> set[str]:
     """Environment variables the project's specs name as secrets (e.g. Deployment API keys)."""
-    from .specs.loader import load_resources
 
     try:
-        resources = load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)
+        resources = project.load_resources()
     except (LLMOpsError, OSError):
         return set()  # no loadable specs: the allowlist alone keeps the keys out
     return {name for resource in resources for name in resource.spec.secret_env()}

@@ -84,3 +84,7 @@ def project_root(make_project):
     (root / "data").mkdir()
     (root / "data" / "x.jsonl").write_text('{"q": "1", "a": "2"}\n')
     return root
+
+
+# A private PostgreSQL cluster (fixtures `postgres`, `postgres_url`) for the warehouse source.
+pytest_plugins.append("tests.postgres")

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import random
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from llmops_engine.data import demo
 from llmops_engine.data.examples import chat_to_example
 from llmops_engine.data.pipeline import build
 from llmops_engine.data.split import is_eval
-from llmops_engine.data.transforms import apply_transforms
+from llmops_engine.data.transforms import transform_rows
 from llmops_engine.errors import DataError
 from llmops_engine.specs.dataset import DatasetSpec, Split, Transform, ValidationRule
 
@@ -50,7 +51,8 @@ def run(tmp_path: Path, dataset: DatasetSpec) -> tuple[list[dict], list[dict]]:
 
 
 def run_transforms(items: list[dict], *transforms: dict) -> list[dict]:
-    return list(apply_transforms(iter(items), [Transform.model_validate(t) for t in transforms]))
+    with tempfile.TemporaryDirectory() as work:
+        return transform_rows(items, [Transform.model_validate(t) for t in transforms], Path(work))
 
 
 # --- demo data ---------------------------------------------------------------------
@@ -103,8 +105,8 @@ def test_input_column_is_optional(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"q": "x", "a": "y"}\nnot json\n', "rows.jsonl:2: not valid JSON"),
-        ('["a list"]\n', "expected a JSON object"),
+        ('{"q": "x", "a": "y"}\nnot json\n', r'Malformed JSON in file "data/rows.jsonl"'),
+        ('["a list"]\n', "each line must be one JSON object"),
         ('{"question": "x", "answer": "y"}\n', "source has no column q, a"),
     ],
 )
@@ -291,3 +293,17 @@ def test_transform_columns_and_rule_arguments_are_checked_at_load_time():
         ValidationRule.model_validate({"expect": "column_values_to_not_be_nul", "column": "x"})
     with pytest.raises(ValueError, match="takes no argument 'colum'"):
         ValidationRule.model_validate({"expect": "column_values_to_not_be_null", "colum": "x"})
+
+
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_vectorized_json_texts_are_what_json_dumps_writes(ensure_ascii):
+    import pyarrow as pa
+
+    from llmops_engine.data.transforms import json_text_array
+
+    rng = random.Random(11)
+    alphabet = 'ab é中🙂"\\\n\t\x00\x1f\x7f/\u2028 ~[]'
+    values = [None if rng.random() < 0.05 else "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+              for _ in range(3000)]
+    texts = json_text_array(pa.array(values, pa.string()), ascii=ensure_ascii).to_pylist()
+    assert texts == [json.dumps(v, ensure_ascii=ensure_ascii) for v in values]

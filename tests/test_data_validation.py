@@ -6,10 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from llmops_engine.data.pipeline import build
-from llmops_engine.data.validation import ChunkValidator
+from llmops_engine.data.validation import ChunkValidator, digest_of
 from llmops_engine.errors import ValidationFailed
 from llmops_engine.specs.dataset import DatasetSpec, ValidationRule
 from llmops_engine.specs.loader import load_resources
@@ -92,7 +93,9 @@ def test_chunked_results_equal_one_chunk_and_mostly_is_on_the_whole_data():
 
     def results(chunk_rows: int):
         validator = ChunkValidator(rules, "processed", chunk_rows=chunk_rows)
-        list(validator.tap(iter(data)))
+        for start in range(0, len(data), 5):  # pieces as the pipeline passes them; chunks are their sum
+            piece = pd.DataFrame(data[start:start + 5])
+            validator.add(piece, {"instruction": [digest_of(v) for v in piece["instruction"]]})
         return [(r.success, r.element_count, r.unexpected_count, r.examples[:1], r.observed_value) for r in validator.finish()]
 
     whole, chunked = results(1000), results(5)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llmops_engine.data.sources import source_files
-from llmops_engine.data.transforms import REGEX_SECONDS_PER_ROW, apply_transforms
+from llmops_engine.data.transforms import REGEX_SECONDS_PER_ROW, transform_rows
 from llmops_engine.errors import DataError, PlanError
 from llmops_engine.fingerprint import ContentHasher
 from llmops_engine.specs.dataset import FilterRegex, Source, Transform
@@ -180,14 +180,14 @@ def test_confined_patterns_still_match(leaky_repo):
     assert list(ContentHasher(leaky_repo).hash_inputs(["data/*.jsonl"])) == ["data/own.jsonl"]
 
 
-def test_a_slow_regex_that_validate_accepts_is_stopped_per_row():
+def test_a_slow_regex_that_validate_accepts_is_stopped_per_row(tmp_path):
     pattern = "a*a*b"  # quadratic per start position: seconds on a few thousand characters
     assert regex_problem(pattern) is None
     transform = Transform(filter_regex=FilterRegex(column="instruction", pattern=pattern))
     rows = [{"instruction": "ok b", "output": "x"}, {"instruction": "a" * 6000, "output": "x"}]
     started = time.monotonic()
     with pytest.raises(DataError, match="ran longer than 1 s on row 2"):
-        list(apply_transforms(rows, [transform]))
+        transform_rows(rows, [transform], tmp_path)
     assert time.monotonic() - started < REGEX_SECONDS_PER_ROW + 3
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # disarmed: no stray SIGALRM can kill the process
     assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL

@@ -29,6 +29,7 @@ class ApplyContext:
     records: dict[str, ResourceRecord]
     report: Callable[[str], None] = print
     outputs: dict[str, Outputs] = field(default_factory=dict)
+    inputs: dict[str, dict[str, str]] = field(default_factory=dict)  # by key: what the fingerprint hashed
 
     @property
     def root(self) -> Path:

@@ -33,6 +33,27 @@ def build(name: str = typer.Argument(..., help="metadata.name of the Dataset."),
                f"{result.eval_rows} eval; {rules} validation rule(s) passed")
 
 
+@app.command()
+def refresh(name: str = typer.Argument(..., help="metadata.name of a Dataset with a database source."),
+            project_dir: Optional[Path] = _PROJECT) -> None:
+    """Query Dataset NAME's database now and keep the result as its latest extract (for
+    `refresh: manual`; the next plan shows whether the rows changed)."""
+    from ..errors import DataError, LLMOpsError
+    from ..project import load_project
+    from .extracts import refresh as query_now
+
+    try:
+        project = load_project(project_dir)
+        resource = _dataset(project, name)
+        if resource.spec.source.kind() != "database":
+            raise DataError(f"Dataset {name} reads files, not a database; there is nothing to refresh")
+        found = query_now(resource, project.state_dir)
+    except LLMOpsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(f"Dataset {name}: {found.rows:,} rows in {found.seconds:.1f} s, extract sha256 {found.sha256[:12]}")
+
+
 @app.command("ensure-raw")
 def ensure_raw(project_dir: Optional[Path] = _PROJECT) -> None:
     """Restore raw files recorded in root *.dvc files (generator or dvc pull)."""
@@ -49,20 +70,29 @@ def ensure_raw(project_dir: Optional[Path] = _PROJECT) -> None:
 
 
 def _build(name: str, project_dir: Path | None):
-    from ..errors import DataError
     from ..project import load_project
-    from ..specs.loader import load_resources
-    from .dvc_stage import failure_dir, processed_dir
+    from .dvc_stage import failure_dir, processed_dir, stage_extract
+    from .extracts import extract_path
+    from .pipeline import SourceData
     from .pipeline import build as build_dataset
 
     project = load_project(project_dir)
-    resources = {r.key: r for r in load_resources(project.root, project.settings.spec_dirs, project.settings.max_spec_bytes)}
+    resource = _dataset(project, name)
+    sha256 = stage_extract(project.root, name) if resource.spec.source.kind() == "database" else None
+    data = SourceData(resource.spec.sql_patterns(), extract_path(project.state_dir, name, sha256) if sha256 else None)
+    return build_dataset(name, resource.spec, project.root, processed_dir(project.root, name),
+                         failure_dir(project, name), data)
+
+
+def _dataset(project, name: str):
+    from ..errors import DataError
+
+    resources = {r.key: r for r in project.load_resources()}
     resource = resources.get(f"Dataset/{name}")
     if resource is None:
         known = ", ".join(sorted(k.split("/", 1)[1] for k in resources if k.startswith("Dataset/"))) or "none"
         raise DataError(f"no Dataset named '{name}' in the specs (known: {known})")
-    return build_dataset(name, resource.spec, project.root, processed_dir(project.root, name),
-                         failure_dir(project, name))
+    return resource
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -53,13 +54,16 @@ def failure_dir(project: Project, dataset: str) -> Path:
     return project.state_dir / "data" / dataset / "failed"
 
 
-def dvc_env() -> dict[str, str]:
+def dvc_env(secrets: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of DVC and the stage it runs: without the secrets specs name (a database
+    URL: the stage reads the extract, never the database)."""
     # The stage cmd says `llmops`: find the one installed beside the interpreter running the engine.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1"}
+    kept = {name: value for name, value in os.environ.items() if name not in secrets}
+    return {**kept, "PATH": path, "DVC_NO_ANALYTICS": "1"}
 
 
-def run_dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_dvc(root: Path, *args: str, check: bool = True, secrets: Sequence[str] = ()) -> subprocess.CompletedProcess:
     """One DVC CLI call, serialized with every other engine DVC call on this repo."""
     from filelock import FileLock
 
@@ -70,7 +74,7 @@ def run_dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     command = [sys.executable, "-m", "dvc", *args]
     with FileLock(str(lock_path)):
         try:
-            done = subprocess.run(command, cwd=root, env=dvc_env(), capture_output=True, text=True,
+            done = subprocess.run(command, cwd=root, env=dvc_env(secrets), capture_output=True, text=True,
                                   timeout=_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:
             raise DVCError(f"`dvc {' '.join(args)}` did not finish in {_TIMEOUT_S}s") from exc
@@ -122,34 +126,47 @@ def ensure_repo(root: Path) -> None:
 # --- dvc.yaml ------------------------------------------------------------------------
 
 
-def stage_definition(root: Path, resource: Resource) -> dict:
+def stage_definition(root: Path, resource: Resource, extract: Path | None = None) -> dict:
+    """`extract`: a database source's extract (the stage's data dep, under the state directory)."""
     out_dir = f"{PROCESSED_DIR}/{resource.name}"
+    data = [extract.relative_to(root).as_posix()] if extract else raw_deps(root, resource.spec)
     return {
         "cmd": STAGE_CMD.format(name=resource.name),
-        "deps": [*raw_deps(root, resource.spec.source), resource.file],
+        "deps": [*data, resource.file],
         "params": [{PARAMS_FILE: [f"datasets.{resource.name}"]}],
         "outs": [{f"{out_dir}/{name}": {"persist": True}} for name in OUTPUT_FILES],
     }
 
 
-def raw_deps(root: Path, source) -> list[str]:
-    """The files the source matches now. DVC has no glob deps; a file added to a glob later
-    is seen by `llmops plan` at once and by `dvc status` after the next apply rewrites this
-    stage (a directory dep would be stale forever when the outputs live inside it)."""
-    return [p.relative_to(root).as_posix() for p in source_files(root, source)]
+def raw_deps(root: Path, spec) -> list[str]:
+    """The files the source matches now (a path source's glob, the files an sql source's SQL
+    names). DVC has no glob deps; a file added to a glob later is seen by `llmops plan` at once
+    and by `dvc status` after the next apply rewrites this stage (a directory dep would be stale
+    forever when the outputs live inside it)."""
+    return [p.relative_to(root).as_posix() for p in source_files(root, spec.source, spec.sql_patterns())]
 
 
-def spec_params(resource: Resource) -> dict:
+def spec_params(resource: Resource, extract_sha256: str | None = None) -> dict:
+    """The stage's params: the spec's hash, and which extract a database source builds from
+    (`llmops data build` reads it here)."""
     from ..fingerprint import canonical_json
 
     digest = hashlib.sha256(canonical_json(resource.normalized_spec()).encode()).hexdigest()
-    return {"spec_sha256": digest}
+    return {"spec_sha256": digest} | ({"extract": extract_sha256} if extract_sha256 else {})
 
 
-def sync_stage(root: Path, resource: Resource) -> bool:
+def stage_extract(root: Path, dataset: str) -> str | None:
+    """The extract the stage's params name (a database source), or None."""
+    path = root / PARAMS_FILE
+    document = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+    return ((document.get("datasets") or {}).get(dataset) or {}).get("extract")
+
+
+def sync_stage(root: Path, resource: Resource, extract: Path | None = None, extract_sha256: str | None = None) -> bool:
     """Write this Dataset's stage and params; True if either file changed."""
-    changed = _update_yaml(root / DVC_YAML, ("stages", stage_name(resource.name)), stage_definition(root, resource))
-    changed |= _update_yaml(root / PARAMS_FILE, ("datasets", resource.name), spec_params(resource))
+    definition = stage_definition(root, resource, extract)
+    changed = _update_yaml(root / DVC_YAML, ("stages", stage_name(resource.name)), definition)
+    changed |= _update_yaml(root / PARAMS_FILE, ("datasets", resource.name), spec_params(resource, extract_sha256))
     return changed
 
 
@@ -178,8 +195,8 @@ def _update_yaml(path: Path, keys: tuple[str, str], value: dict | None) -> bool:
 # --- running and reading ----------------------------------------------------------
 
 
-def repro(root: Path, dataset: str) -> subprocess.CompletedProcess:
-    return run_dvc(root, "repro", "--single-item", stage_name(dataset), check=False)
+def repro(root: Path, dataset: str, secrets: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    return run_dvc(root, "repro", "--single-item", stage_name(dataset), check=False, secrets=secrets)
 
 
 def stage_status(root: Path, dataset: str) -> list:

@@ -33,7 +33,7 @@ Example = dict[str, Any]  # instruction, input, output: str | None; history: lis
 
 def to_example(row: dict, columns: Columns) -> Example:
     if columns.messages:
-        return chat_to_example(_turns(row.get(columns.messages)))
+        return chat_to_example(turns_of(row.get(columns.messages)))
     return {
         "instruction": _text(row.get(columns.instruction)),
         "input": (_text(row.get(columns.input)) if columns.input else None) or "",
@@ -71,7 +71,7 @@ def _last_index(turns: list[dict], role: str, before: int) -> int | None:
     return None
 
 
-def _turns(value: Any) -> list[dict]:
+def turns_of(value: Any) -> list[dict]:
     if value is None:
         return []
     if isinstance(value, str):

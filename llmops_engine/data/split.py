@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..specs.dataset import Split
 from .examples import Example
-from .transforms import content_hash
+from .transforms import content_hash, content_hashes
 
 _SCALE = float(2**64)
 
@@ -21,3 +21,10 @@ def is_eval(example: Example, split: Split) -> bool:
     if split.eval_only():
         return True
     return content_hash(["split", split.seed], example) / _SCALE < split.eval_fraction
+
+
+def eval_mask(batch, split: Split) -> list[bool]:
+    """is_eval for each row of an Arrow batch of examples."""
+    if split.eval_only():
+        return [True] * batch.num_rows
+    return [digest / _SCALE < split.eval_fraction for digest in content_hashes(["split", split.seed], batch)]

@@ -1,21 +1,27 @@
-"""Declarative transforms: each spec entry becomes a generator stage over examples.
+"""Transforms: each spec entry becomes one step over a stream of Arrow record batches.
 
-No user string is ever evaluated; the only "code" a spec can carry is a regular
-expression, which `llmops validate` checks for catastrophic backtracking and which runs
-here under a per-row time limit for what that check cannot see. Stages stream (constant
-memory) except `dedupe`, which remembers a 16-byte digest per distinct key, and `sample`,
-which keeps the n chosen rows.
+The rows arrive from DuckDB in source order as batches of example fields (instruction, input,
+output, and a chat source's `history`). Declarative steps are vectorized Arrow compute kernels
+over each batch, so no per-row Python runs for them; `dedupe` keeps a 16-byte digest per key in
+sorted NumPy arrays (data/seen.py), `sample` the n rows it keeps, `filter_regex` runs Python's
+`re` under a per-row time limit (it runs here, in the main thread, where the alarm works). An
+`sql` step hands the rows so far to DuckDB as an Arrow IPC file in the build directory and
+streams back what the user's SELECT returns, on the connection that can read nothing else
+(data/sqlscan.py). No user string is evaluated except that SELECT.
 
 Semantics, in the order written in the spec:
-  strip_whitespace  {} = every field, or a list of fields; strips both ends.
-  drop_empty        drop a row whose named field is None or only whitespace.
+  strip_whitespace  {} = every field, or a list of fields; strips both ends (Python's
+                    whitespace: the characters str.strip() strips).
+  drop_empty        drop a row whose named field is null or only whitespace.
   dedupe            keep the first row of each distinct key (the named fields).
-  max_chars/min_chars  drop rows whose field is longer/shorter than the limit
+  max_chars/min_chars  drop rows whose field is longer/shorter than the limit, in characters
                     (dropped, never truncated: a cut answer is a wrong answer).
-                    A None field is kept; drop_empty is the rule for those.
+                    A null field is kept; drop_empty is the rule for those.
   filter_regex      keep (keep: true) or drop (keep: false) rows where re.search matches.
   sample            keep n rows chosen by a seeded hash of their content: the same rows
                     on every machine and whatever the file order; original order kept.
+  sql               a SELECT over `rows`; its result (instruction and output, input
+                    optional) is the new rows, in the order it returns them.
 """
 
 from __future__ import annotations
@@ -26,22 +32,43 @@ import json
 import re
 import signal
 import threading
+from dataclasses import dataclass
+from json.encoder import encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import DataError
 from ..specs.dataset import EXAMPLE_FIELDS, FilterRegex, Sample, Transform
 from .examples import Example
+from .seen import SeenDigests
 
-Stage = Callable[[Iterable[Example]], Iterator[Example]]
 REGEX_SECONDS_PER_ROW = 1.0  # a sane pattern takes microseconds per row; this only stops a runaway one
+BATCH_ROWS = 20_000  # per step: ~10 MB of support-ticket text; per-batch Python overhead stays small
+# DuckDB hands its vectors over as they are (2,048 rows): asking it for bigger Arrow batches made
+# it hold ~90 MB more per million-row scan.
+_SCAN_ROWS = 2_048
+# Exactly the characters str.isspace() accepts (tests/test_sql_datasets.py checks the list), so
+# strip_whitespace strips what Python's str.strip() strips.
+PYTHON_WHITESPACE = "".join(map(chr, (0x9, 0xA, 0xB, 0xC, 0xD, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680,
+                                      *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000)))
+
+Batches = Iterator[Any]  # of pyarrow.RecordBatch, example fields as strings
 
 
-def apply_transforms(rows: Iterable[Example], transforms: list[Transform]) -> Iterator[Example]:
-    stream: Iterable[Example] = rows
+@dataclass
+class StepContext:
+    """What the steps that leave Python need: the build's DuckDB connection and directory."""
+
+    con: Any
+    work: Path
+    steps: int = 0
+
+
+def apply_transforms(batches: Batches, transforms: list[Transform], ctx: StepContext) -> Batches:
     for transform in transforms:
         name, argument = transform.operation()
-        stream = _STAGES[name](stream, argument)
-    return iter(stream)
+        batches = _STEPS[name](batches, argument, ctx)
+    return batches
 
 
 def content_hash(salt: Any, example: Example) -> int:
@@ -50,52 +77,159 @@ def content_hash(salt: Any, example: Example) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
 
 
-def strip_whitespace(rows: Iterable[Example], fields: dict | list) -> Iterator[Example]:
+def content_hashes(salt: Any, batch: Any) -> list[int]:
+    """content_hash of each row of an Arrow batch of examples, without a json.dumps per row: the
+    key is assembled from each field's JSON text (the same bytes json.dumps writes)."""
+    texts = [json_text_array(batch.column(f)) for f in EXAMPLE_FIELDS]
+    keys = joined("[" + json.dumps(salt) + ", ", texts[0], ", ", texts[1], ", ", texts[2], "]")
+    return [int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") for key in keys.to_pylist()]
+
+
+# Strings json.dumps writes as they are, between quotes: no quote, backslash or control
+# character, and (ensure_ascii) nothing past ASCII. Only the others need Python's encoder.
+_PLAIN = {True: r"^[ !#-\[\]-~]*$", False: r'^[^"\\\x00-\x1f]*$'}
+
+
+def json_text_array(strings: Any, ascii: bool = True) -> Any:
+    """Each string (or null) of an Arrow array as json.dumps writes it (ensure_ascii=`ascii`):
+    vectorized for plain strings, by json's own C encoders for the rest."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    plain = pc.fill_null(pc.match_substring_regex(strings, _PLAIN[ascii]), True)
+    texts = pc.binary_join_element_wise('"', strings, '"', "")
+    special = pc.invert(plain)
+    if pc.any(special).as_py():
+        encode = encode_basestring_ascii if ascii else encode_basestring
+        encoded = [encode(value) for value in pc.filter(strings, special).to_pylist()]
+        texts = pc.replace_with_mask(texts, special, pa.array(encoded, pa.string()))
+    return pc.fill_null(texts, "null")
+
+
+def joined(*parts: Any) -> Any:
+    """Element-wise concatenation of Arrow string arrays and constant strings."""
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def scan(con: Any, query: str) -> Batches:
+    """A query's result in order, as batches of about BATCH_ROWS rows."""
+    import pyarrow as pa
+
+    pending, rows = [], 0
+    for batch in con.sql(query).to_arrow_reader(_SCAN_ROWS):
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= BATCH_ROWS:
+            yield pa.concat_batches(pending)
+            pending, rows = [], 0
+    if pending:
+        yield pa.concat_batches(pending)
+
+
+# --- vectorized steps ------------------------------------------------------------------
+
+
+def strip_whitespace(batches: Batches, fields: dict | list, ctx: StepContext) -> Batches:
+    import pyarrow.compute as pc
+
     names = list(fields) if isinstance(fields, list) and fields else list(EXAMPLE_FIELDS)
-    for row in rows:
-        yield {k: (v.strip() if k in names and isinstance(v, str) else v) for k, v in row.items()}
+    for batch in batches:
+        for name in names:
+            index = batch.schema.get_field_index(name)
+            batch = batch.set_column(index, name, pc.utf8_trim(batch.column(index), characters=PYTHON_WHITESPACE))
+        yield batch
 
 
-def drop_empty(rows: Iterable[Example], fields: list[str]) -> Iterator[Example]:
-    for row in rows:
-        if all(row.get(f) is not None and row[f].strip() for f in fields):
-            yield row
+def drop_empty(batches: Batches, fields: list[str], ctx: StepContext) -> Batches:
+    import pyarrow.compute as pc
+
+    def nonempty(column):  # null → false: a null field is empty
+        trimmed = pc.utf8_trim(column, characters=PYTHON_WHITESPACE)
+        return pc.fill_null(pc.greater(pc.utf8_length(trimmed), 0), False)
+    yield from _kept(batches, lambda batch: _all(nonempty(batch.column(f)) for f in fields))
 
 
-def dedupe(rows: Iterable[Example], fields: list[str]) -> Iterator[Example]:
-    seen: set[bytes] = set()
-    for row in rows:
-        key = hashlib.blake2b(json.dumps([row.get(f) for f in fields]).encode("utf-8"), digest_size=16).digest()
-        if key not in seen:
-            seen.add(key)
-            yield row
+def max_chars(batches: Batches, limits: dict[str, int], ctx: StepContext) -> Batches:
+    import pyarrow.compute as pc
+
+    yield from _kept(batches, lambda batch: _all(
+        pc.fill_null(pc.less_equal(pc.utf8_length(batch.column(f)), n), True) for f, n in limits.items()))
 
 
-def max_chars(rows: Iterable[Example], limits: dict[str, int]) -> Iterator[Example]:
-    for row in rows:
-        if all(row.get(f) is None or len(row[f]) <= n for f, n in limits.items()):
-            yield row
+def min_chars(batches: Batches, limits: dict[str, int], ctx: StepContext) -> Batches:
+    import pyarrow.compute as pc
+
+    yield from _kept(batches, lambda batch: _all(
+        pc.fill_null(pc.greater_equal(pc.utf8_length(batch.column(f)), n), True) for f, n in limits.items()))
 
 
-def min_chars(rows: Iterable[Example], limits: dict[str, int]) -> Iterator[Example]:
-    for row in rows:
-        if all(row.get(f) is None or len(row[f]) >= n for f, n in limits.items()):
-            yield row
+def _all(masks: Iterable[Any]) -> Any:
+    import pyarrow.compute as pc
+
+    result = None
+    for mask in masks:
+        result = mask if result is None else pc.and_(result, mask)
+    return result
 
 
-def filter_regex(rows: Iterable[Example], rule: FilterRegex) -> Iterator[Example]:
+def _kept(batches: Batches, mask: Callable[[Any], Any]) -> Batches:
+    for batch in batches:
+        yield batch.filter(mask(batch))
+
+
+def dedupe(batches: Batches, fields: list[str], ctx: StepContext) -> Batches:
+    seen = SeenDigests()
+    for batch in batches:
+        yield batch.filter(seen.first_seen(*row_keys(batch, fields)))
+
+
+# Two independent keyed 64-bit SipHashes (pandas' vectorized hash_array) make a 128-bit key per
+# row, as strong as the 16-byte digest a Python loop would compute, at a fifth of its cost.
+_KEYS = ("llmops-dedupe-k1", "llmops-dedupe-k2")
+_NULL = (0x6C6C6D6F70732D6E, 0x756C6C2D76616C75)  # a null field's hash: not what "" or "None" hash to
+
+
+def row_keys(batch: Any, fields: list[str]) -> tuple[Any, Any]:
+    """The 128-bit key of each row's named fields, as two NumPy uint64 arrays."""
+    import numpy as np
+    import pandas as pd
+
+    columns = [batch.column(f).to_numpy(zero_copy_only=False) for f in fields]
+    halves = []
+    for key, null in zip(_KEYS, _NULL):
+        combined = np.zeros(batch.num_rows, dtype=np.uint64)
+        for values in columns:
+            missing = pd.isna(values)
+            hashed = pd.util.hash_array(np.where(missing, "", values), hash_key=key, categorize=False)
+            combined = combined * np.uint64(1_000_003) ^ np.where(missing, np.uint64(null), hashed)
+        halves.append(combined)
+    return halves[0], halves[1]
+
+
+# --- Python steps ----------------------------------------------------------------------
+
+
+def filter_regex(batches: Batches, rule: FilterRegex, ctx: StepContext) -> Batches:
+    import pyarrow as pa
+
     pattern = re.compile(rule.pattern)
     search = _time_limited_search if _alarm_is_free() else _search
-    for number, row in enumerate(rows, start=1):
-        try:
-            matched = search(pattern, row.get(rule.column) or "") is not None
-        except _Overrun:
-            raise DataError(
-                f"filter_regex '{rule.pattern}' ran longer than {REGEX_SECONDS_PER_ROW:g} s on row {number} "
-                f"({rule.column}); the pattern backtracks catastrophically on this text, simplify it"
-            ) from None
-        if matched == rule.keep:
-            yield row
+    number = 0
+    for batch in batches:
+        keep = []
+        for text in batch.column(rule.column).to_pylist():
+            number += 1
+            try:
+                matched = search(pattern, text or "") is not None
+            except _Overrun:
+                raise DataError(
+                    f"filter_regex '{rule.pattern}' ran longer than {REGEX_SECONDS_PER_ROW:g} s on row {number} "
+                    f"({rule.column}); the pattern backtracks catastrophically on this text, simplify it"
+                ) from None
+            keep.append(matched == rule.keep)
+        yield batch.filter(pa.array(keep, pa.bool_()))
 
 
 class _Overrun(Exception):
@@ -132,20 +266,86 @@ def _raise_overrun(signum, frame) -> None:
     raise _Overrun()
 
 
-def sample(rows: Iterable[Example], rule: Sample) -> Iterator[Example]:
+def sample(batches: Batches, rule: Sample, ctx: StepContext) -> Batches:
     # Bottom-n by hash: one pass, n rows of memory, independent of input order.
-    chosen: list[tuple[int, int, Example]] = []  # max-heap via negated hash
-    for position, row in enumerate(rows):
-        entry = (-content_hash(["sample", rule.seed], row), position, row)
-        if len(chosen) < rule.n:
-            heapq.heappush(chosen, entry)
-        elif entry > chosen[0]:
-            heapq.heapreplace(chosen, entry)
-    for _, _, row in sorted(chosen, key=lambda item: item[1]):
-        yield row
+    import pyarrow as pa
+
+    chosen: list[tuple[int, int, dict]] = []  # max-heap via negated hash
+    schema, position = None, 0
+    for batch in batches:
+        schema = batch.schema
+        for row, digest in zip(batch.to_pylist(), content_hashes(["sample", rule.seed], batch)):
+            entry = (-digest, position, row)
+            position += 1
+            if len(chosen) < rule.n:
+                heapq.heappush(chosen, entry)
+            elif entry > chosen[0]:
+                heapq.heapreplace(chosen, entry)
+    if schema is not None:
+        kept = [row for _, _, row in sorted(chosen, key=lambda item: item[1])]
+        yield pa.RecordBatch.from_pylist(kept, schema=schema)
 
 
-_STAGES: dict[str, Callable[[Iterable[Example], Any], Iterator[Example]]] = {
+# --- SQL -------------------------------------------------------------------------------
+
+
+def sql(batches: Batches, query: str, ctx: StepContext) -> Batches:
+    """The user's SELECT over `rows` (the rows so far, in order); its result, in its order, is the
+    new rows. The rows reach DuckDB as an Arrow IPC file (out of core: one batch in memory)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from .sqlscan import nestable
+
+    ctx.steps += 1
+    path = ctx.work / f"step-{ctx.steps}.arrow"
+    schema = _write_ipc(batches, path)
+    if schema is None:
+        return
+    name = f"llmops_rows_{ctx.steps}"
+    ctx.con.register(name, ds.dataset(path, format="ipc"))
+    relation = f"(WITH rows AS (SELECT * FROM {name}) SELECT * FROM ({nestable(query)}))"
+    columns = _bound_columns(ctx.con, relation, ctx.steps)
+    missing = [f for f in ("instruction", "output") if f not in columns]
+    if missing:
+        raise DataError(f"sql transform (step {ctx.steps}) returned no column {', '.join(missing)} "
+                        f"(it returned: {', '.join(columns) or 'nothing'}); select instruction and output, "
+                        "and input if you keep it")
+    kept = ["instruction::VARCHAR AS instruction",
+            "coalesce(input::VARCHAR, '') AS input" if "input" in columns else "'' AS input",
+            "output::VARCHAR AS output"] + (["history::VARCHAR AS history"] if "history" in columns else [])
+    for batch in scan(ctx.con, f"SELECT {', '.join(kept)} FROM {relation}"):
+        yield batch.cast(pa.schema([(f, pa.string()) for f in batch.schema.names]))
+
+
+def _write_ipc(batches: Batches, path: Path) -> Any:
+    """The batches as one Arrow IPC file; its schema, or None when there were no batches."""
+    import pyarrow as pa
+
+    writer, schema = None, None
+    try:
+        for batch in batches:
+            if writer is None:
+                schema = batch.schema
+                writer = pa.ipc.new_file(str(path), schema)
+            writer.write_batch(batch)
+    finally:
+        if writer is not None:
+            writer.close()
+    return schema
+
+
+def _bound_columns(con: Any, relation: str, step: int) -> list[str]:
+    import duckdb
+
+    try:
+        return list(con.sql(f"SELECT * FROM {relation} LIMIT 0").columns)
+    except duckdb.Error as exc:
+        reason = " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
+        raise DataError(f"sql transform (step {step}) failed: {reason}") from None
+
+
+_STEPS: dict[str, Callable[[Batches, Any, StepContext], Batches]] = {
     "strip_whitespace": strip_whitespace,
     "drop_empty": drop_empty,
     "dedupe": dedupe,
@@ -153,4 +353,18 @@ _STAGES: dict[str, Callable[[Iterable[Example], Any], Iterator[Example]]] = {
     "min_chars": min_chars,
     "filter_regex": filter_regex,
     "sample": sample,
+    "sql": sql,
 }
+
+
+def transform_rows(items: Iterable[Example], transforms: list[Transform], work: Path) -> list[Example]:
+    """Run transforms on in-memory examples (a convenience for tools and tests)."""
+    import duckdb
+    import pyarrow as pa
+
+    schema = pa.schema([(f, pa.string()) for f in EXAMPLE_FIELDS])
+    batch = pa.RecordBatch.from_pylist([{f: item.get(f) for f in EXAMPLE_FIELDS} for item in items], schema=schema)
+    with duckdb.connect() as con:
+        out = apply_transforms(iter([batch]), transforms, StepContext(con, work))
+        return [row for result in out for row in result.to_pylist()]
+

@@ -1,4 +1,5 @@
-"""Great Expectations validation of a row stream, chunk by chunk.
+"""Great Expectations validation of a stream of Arrow batches, chunk by chunk (never the whole
+table in pandas).
 
 GX is imported only here, inside functions, and only when a Dataset has rules: it costs
 seconds. It runs in an ephemeral context (nothing written to the repository) with
@@ -6,8 +7,8 @@ analytics and progress bars off.
 
 Large data: "row" rules (catalog scope) run as one GX suite per chunk and their counts add
 up exactly; "table" rules (row count, uniqueness, means) run once on a frame holding only
-the columns they name, and uniqueness rules see an 8-byte digest per value instead of the
-text. Memory stays bounded by the chunk size plus those narrow columns. A failed
+the columns they name, and uniqueness rules see an 8-byte digest per value (an integer
+column) instead of the text. Memory stays bounded by the chunk size plus those narrow columns. A failed
 uniqueness rule's example digests are turned back into values with one more pass.
 
 Column-map expectations skip nulls (GX semantics): `column_values_to_match_regex` passes
@@ -16,35 +17,35 @@ a null value. Pair such rules with `column_values_to_not_be_null`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import DataError
 from ..specs.dataset import ValidationRule
 from ..specs.expectations import CATALOG
 from .reports import MAX_EXAMPLES, RuleResult, jsonable
 
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 200_000
 _RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
 
 
 class ChunkValidator:
-    """Feed rows through `tap`; call `finish` for the per-rule results.
+    """Feed frames through `add`; call `finish` for the per-rule results.
 
-    `reread` (optional) streams the same rows again; it is used only to turn the digests
-    of failed uniqueness rules back into example values.
+    The caller reads only `needed_columns()` (all columns when None) and passes, for each of
+    `digest_columns()`, the digest of each value (`value_digests`). `lookup(column, digests)`
+    (optional) finds the values behind digests again; it is used only to show the examples of
+    failed uniqueness rules as values.
     """
 
-    def __init__(self, rules: list[ValidationRule], data: str, columns: list[str] | None = None,
-                 chunk_rows: int = CHUNK_ROWS, reread: Callable[[], Iterable[dict]] | None = None):
+    def __init__(self, rules: list[ValidationRule], data: str, chunk_rows: int = CHUNK_ROWS,
+                 lookup: Callable[[str, list[int]], dict[int, Any]] | None = None):
         self.data = data
-        self.columns = columns
         self.chunk_rows = chunk_rows
         self.rows = 0
-        self._reread = reread
+        self._lookup = lookup
         indexed = list(enumerate(rules))
         self._order = [i for i, _ in indexed]
         self._row_rules = [(i, r) for i, r in indexed if CATALOG[r.expect].scope == "row"]
@@ -54,25 +55,41 @@ class ChunkValidator:
         self._digest_columns = _columns_of(self._digest_rules)
         # Row rules see only the columns they name (GX hashes every frame it is given),
         # unless a rule is about the set of columns itself.
-        whole = any(r.expect == "table_columns_to_match_set" for _, r in self._row_rules)
-        self._row_columns = None if whole else _columns_of(self._row_rules)
+        self._whole = any(r.expect == "table_columns_to_match_set" for _, r in self._row_rules)
+        self._row_columns = _columns_of(self._row_rules)
         self._value_columns = _columns_of(self._value_rules)
         self._results = {i: RuleResult(i, r.expect, r.kwargs(), data) for i, r in indexed}
-        self._buffer: list[dict] = []
+        self._frames: list[Any] = []
+        self._buffered = 0
         self._digest_parts: list[Any] = []
         self._value_parts: list[Any] = []
         self._seen_columns: set[str] = set()
         self._flushed = False
 
-    def tap(self, rows: Iterable[dict]) -> Iterator[dict]:
-        for row in rows:
-            self._buffer.append(row)
-            if len(self._buffer) >= self.chunk_rows:
-                self._flush()
-            yield row
+    def needed_columns(self) -> list[str] | None:
+        """The value columns the rules read (None: every column)."""
+        return None if self._whole else sorted(set(self._row_columns) | set(self._value_columns))
+
+    def digest_columns(self) -> list[str]:
+        return list(self._digest_columns)
+
+    def add(self, frame: Any, digests: Mapping[str, Any], columns: Sequence[str] = ()) -> None:
+        """One piece of the data: `frame` holds the value columns, `digests` the digest columns;
+        `columns` names every column the data has (for rules about missing columns)."""
+        import pandas as pd
+
+        self._seen_columns.update(map(str, columns or frame.columns))
+        if self._digest_rules:
+            self._digest_parts.append(pd.DataFrame({c: pd.array(digests[c], dtype="Int64")
+                                                    for c in self._digest_columns if c in digests},
+                                                   index=range(len(frame))))  # Int64: nulls stay nulls
+        self._frames.append(frame)
+        self._buffered += len(frame)
+        if self._buffered >= self.chunk_rows:
+            self._flush()
 
     def finish(self) -> list[RuleResult]:
-        if self._buffer or not self._flushed:
+        if self._frames or not self._flushed:
             self._flush()
         for rules, parts in ((self._value_rules, self._value_parts), (self._digest_rules, self._digest_parts)):
             if rules:
@@ -88,34 +105,25 @@ class ChunkValidator:
     def _flush(self) -> None:
         import pandas as pd
 
-        frame = pd.DataFrame.from_records(self._buffer, columns=self.columns)
-        self._seen_columns.update(map(str, frame.columns))
-        self._flushed = True
+        frame = pd.concat(self._frames, ignore_index=True) if len(self._frames) > 1 else (
+            self._frames[0] if self._frames else pd.DataFrame())
+        self._frames, self._buffered, self._flushed = [], 0, True
         self.rows += len(frame)
         if self._row_rules:
-            narrow = frame if self._row_columns is None else frame[[c for c in self._row_columns if c in frame.columns]]
+            narrow = frame if self._whole else frame[[c for c in self._row_columns if c in frame.columns]]
             for index, outcome in _run_suite(self._row_rules, narrow).items():
                 _record(self._results[index], outcome, table=False)
         if self._value_rules:
             self._value_parts.append(frame[[c for c in self._value_columns if c in frame.columns]])
-        if self._digest_rules:
-            digests = {c: [_digest(row.get(c)) for row in self._buffer] for c in self._digest_columns}
-            self._digest_parts.append(pd.DataFrame(digests, dtype="str", index=range(len(self._buffer))))
-        self._buffer = []
 
     def _undigest_examples(self) -> None:
-        """Replace digests in failed uniqueness rules' examples by the values (one more pass)."""
-        wanted = {d for i, _ in self._digest_rules for d in _digests_in(self._results[i].examples)}
-        if not wanted or self._reread is None:
+        """Replace digests in failed uniqueness rules' examples by the values they stand for."""
+        wanted = sorted({d for i, _ in self._digest_rules for d in _digests_in(self._results[i].examples)})
+        if not wanted or self._lookup is None:
             return
-        found: dict[str, Any] = {}
-        for row in self._reread():
-            for column in self._digest_columns:
-                digest = _digest(row.get(column))
-                if digest in wanted:
-                    found[digest] = row.get(column)
-            if len(found) == len(wanted):
-                break
+        found: dict[int, Any] = {}
+        for column in self._digest_columns:
+            found.update(self._lookup(column, wanted))
         for index, _ in self._digest_rules:
             result = self._results[index]
             result.examples = [jsonable(_replace_digests(v, found)) for v in result.examples]
@@ -127,19 +135,47 @@ _BY_DIGEST = {"column_values_to_be_unique", "compound_columns_to_be_unique",
               "column_proportion_of_unique_values_to_be_between"}
 
 
-def _digest(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def digest_of(value: Any) -> int | None:
+    """One value's digest, as `value_digests` computes it."""
+    import pyarrow as pa
+
+    digests = value_digests(pa.RecordBatch.from_pydict({"v": [value]}), ["v"])["v"]
+    return None if digests.isna()[0] else int(digests[0])
+
+
+def value_digests(batch: Any, columns: Sequence[str]) -> dict[str, Any]:
+    """The digest of each value of the named columns of an Arrow batch, as a nullable Int64 pandas
+    array: pandas' vectorized 64-bit hash of the value's text (a string, or the JSON of anything
+    else); null for a null."""
+    return {column: _digests(batch.column(column)) for column in columns}
+
+
+def _digests(column: Any) -> Any:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        texts = column.to_numpy(zero_copy_only=False)
+    else:
+        texts = np.array([None if value is None else _text_of(value) for value in column.to_pylist()], dtype=object)
+    missing = pd.isna(texts)
+    hashed = pd.util.hash_array(np.where(missing, "", texts), categorize=False).view(np.int64)
+    return pd.arrays.IntegerArray(hashed, missing)
+
+
+def _text_of(value: Any) -> str | None:
+    if isinstance(value, float) and math.isnan(value):
         return None
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+    return json.dumps(value, sort_keys=True, default=str)
 
 
-def _digests_in(examples: list[Any]) -> list[str]:
+def _digests_in(examples: list[Any]) -> list[int]:
     values = [v for e in examples for v in (e.values() if isinstance(e, dict) else [e])]
-    return [v for v in values if isinstance(v, str)]
+    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
 
 
-def _replace_digests(example: Any, found: dict[str, Any]) -> Any:
+def _replace_digests(example: Any, found: dict[int, Any]) -> Any:
     if isinstance(example, dict):
         return {k: found.get(v, v) for k, v in example.items()}
     return found.get(example, example)
@@ -239,6 +275,7 @@ def batch_definition() -> Any:
     if "batch" not in _GX_STATE:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
         import great_expectations as gx
+        from great_expectations.execution_engine import pandas_execution_engine
         from great_expectations.data_context.types.base import (
             DataContextConfig,
             InMemoryStoreBackendDefaults,
@@ -251,6 +288,9 @@ def batch_definition() -> Any:
             progress_bars=ProgressBarsConfig(globally=False),
         )
         context = gx.get_context(mode="ephemeral", project_config=config)
+        # GX fingerprints every frame under this size (a hash of all its values) as batch metadata
+        # that nothing here reads: it cost ~1 s per million rows of chunks.
+        pandas_execution_engine.HASH_THRESHOLD = 0
         asset = context.data_sources.add_pandas("llmops").add_dataframe_asset("rows")
         _GX_STATE["batch"] = asset.add_batch_definition_whole_dataframe("whole")
         _GX_STATE["version"] = gx.__version__

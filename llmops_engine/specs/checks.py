@@ -13,10 +13,12 @@ from .deployment import GATEWAY_APP, GATEWAY_PATHS, GATEWAY_ROUTE
 from .resource import Resource, key_of
 
 
-def check_resources(root: Path, resources: list[Resource]) -> list[SpecIssue]:
+def check_resources(root: Path, resources: list[Resource], cache_dir: Path | None = None) -> list[SpecIssue]:
+    """`cache_dir`: where answers that cost a subprocess (Dataset SQL) may be kept."""
     issues: list[SpecIssue] = []
     by_key = _unique(resources, issues)
     _references(by_key, issues)
+    _dataset_sql(by_key, issues, cache_dir)
     _paths(root, resources, issues)
     _prompt_identity(by_key, issues)
     _chat_prompts(by_key, issues)
@@ -74,6 +76,30 @@ def _references(by_key: dict[str, Resource], issues: list[SpecIssue]) -> None:
                 known = f"did you mean '{hint[0]}'?" if hint else f"define a {ref.kind} named '{ref.name}'"
                 message = f"no {ref.kind} named '{ref.name}'; {known}"
             issues.append(_issue(resource, path, message))
+
+
+def _dataset_sql(by_key: dict[str, Resource], issues: list[SpecIssue], cache_dir: Path | None) -> None:
+    """Parse every Dataset SQL with DuckDB (in a subprocess, cached: sqlfacts.py): a problem is an
+    issue at its field; an sql source's file patterns become its path inputs."""
+    found = [(resource, field, role, text) for resource in by_key.values() if resource.kind == "Dataset"
+             for field, role, text in resource.spec.sql_texts()]
+    if not found:
+        return
+    from .sqlfacts import scan_all
+
+    cache = cache_dir / "sql" if cache_dir else None
+    for (resource, field, role, text), facts in zip(found, scan_all([(t, r) for _, _, r, t in found], cache)):
+        if facts.problem:
+            issues.append(_issue(resource, ("spec", *field), facts.problem + _sql_position(text, facts.offset)))
+        elif role == "source":
+            resource.spec.set_sql_patterns(facts.patterns)
+
+
+def _sql_position(text: str, offset: int | None) -> str:
+    if offset is None or "\n" not in text.strip():
+        return "" if offset is None else f" (at character {offset + 1} of the SQL)"
+    before = text[:offset]
+    return f" (SQL line {before.count(chr(10)) + 1}, column {offset - before.rfind(chr(10))})"
 
 
 def _paths(root: Path, resources: list[Resource], issues: list[SpecIssue]) -> None:

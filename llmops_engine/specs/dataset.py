@@ -4,30 +4,77 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, PrivateAttr, model_validator
 
-from .base import FieldError, KindSpec, PathInput, StrictModel
+from .base import EnvVarName, FieldError, KindSpec, PathInput, StrictModel
 from .expectations import check_rule
 from .regexes import regex_problem
 
 
+def _unset(value: Any) -> bool:
+    return value is None
+
+
 class Source(StrictModel):
-    path: str = Field(description="Repository-relative file or glob (e.g. data/*.jsonl).")
+    """Where a Dataset's rows come from: exactly one of files (`path`), a DuckDB query over
+    repository files (`sql`), or a query against a database (`database_url_env` + `query`)."""
+
+    # Fields added after the first release are left out of the normalized spec while unset, so
+    # existing Datasets keep their fingerprints.
+    path: str | None = Field(
+        default=None, exclude_if=_unset, description="Repository-relative file or glob (e.g. data/*.jsonl)."
+    )
     format: Literal["jsonl", "csv", "parquet"] | None = Field(
-        default=None, description="Inferred from the file extension when omitted."
+        default=None, description="Inferred from the file extension when omitted (path sources only)."
+    )
+    sql: str | None = Field(
+        default=None, exclude_if=_unset,
+        description="One DuckDB SELECT over repository files, e.g. SELECT question, answer FROM "
+        "read_json_auto('data/*.jsonl'). Paths are repository-relative; they are the stage's inputs.",
+    )
+    database_url_env: EnvVarName | None = Field(
+        default=None, exclude_if=_unset, description="Environment variable holding the database URL (never written anywhere)."
+    )
+    query: str | None = Field(default=None, exclude_if=_unset, description="The SELECT run on that database.")
+    refresh: Literal["on_apply", "manual"] | None = Field(
+        default=None, exclude_if=_unset,
+        description="Database sources: on_apply (default) queries at every plan; manual reuses the last "
+        "extract of the same query.",
     )
 
     @model_validator(mode="after")
-    def _format_known(self) -> "Source":
-        if self.format is None and self.inferred_format() is None:
-            raise FieldError(("path", "cannot infer format from the extension; set format: jsonl | csv | parquet"))
+    def _one_source(self) -> "Source":
+        given = [name for name in ("path", "sql", "database_url_env") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of: path (files), sql (DuckDB over files), "
+                             f"database_url_env + query (a database); got {', '.join(given) or 'none'}")
+        problems = []
+        if self.format is not None and self.path is None:
+            problems.append(("format", "format applies to path sources only; DuckDB reads the files an sql source names"))
+        if self.database_url_env is None:
+            problems += [(name, f"{name} belongs to a database source (database_url_env + query)")
+                         for name in ("query", "refresh") if getattr(self, name) is not None]
+        elif not (self.query or "").strip():
+            problems.append(("query", "a database source needs the SELECT to run: query: \"SELECT ...\""))
+        if self.sql is not None and not self.sql.strip():
+            problems.append(("sql", "sql is empty; write one SELECT"))
+        if self.path is not None and self.inferred_format() is None:
+            problems.append(("path", "cannot infer format from the extension; set format: jsonl | csv | parquet"))
+        if problems:
+            raise FieldError(*problems)
         return self
+
+    def kind(self) -> Literal["files", "sql", "database"]:
+        return "files" if self.path is not None else "sql" if self.sql is not None else "database"
+
+    def refresh_policy(self) -> str:
+        return self.refresh or "on_apply"
 
     def inferred_format(self) -> str | None:
         if self.format:
             return self.format
         for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".csv", "csv"), (".parquet", "parquet")):
-            if self.path.endswith(ext):
+            if (self.path or "").endswith(ext):
                 return fmt
         return None
 
@@ -77,6 +124,12 @@ class Transform(StrictModel):
     min_chars: dict[str, PositiveInt] | None = None
     filter_regex: FilterRegex | None = None
     sample: Sample | None = None
+    sql: str | None = Field(
+        default=None, exclude_if=_unset,
+        description="One DuckDB SELECT over the relation `rows` (instruction, input, output), e.g. "
+        "SELECT * FROM rows WHERE length(output) < 2000. Its result (instruction, output, optional "
+        "input) replaces the rows, in its order.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Transform":
@@ -86,6 +139,8 @@ class Transform(StrictModel):
             raise ValueError(f"each transform is exactly one of: {ops} (got {len(chosen)})")
         if self.filter_regex is not None and (problem := regex_problem(self.filter_regex.pattern)):
             raise FieldError(("filter_regex.pattern", problem))
+        if self.sql is not None and not self.sql.strip():
+            raise FieldError(("sql", "sql is empty; write one SELECT over rows"))
         unknown = [(field, column) for field, column in self._named_columns() if column not in EXAMPLE_FIELDS]
         if unknown:
             fields = ", ".join(EXAMPLE_FIELDS)
@@ -98,6 +153,8 @@ class Transform(StrictModel):
         name, value = self.operation()
         if name == "filter_regex":
             return [((name, "column"), value.column)]
+        if name == "sql":
+            return []
         if isinstance(value, dict):
             return [((name, column), column) for column in value]
         return [((name, index), column) for index, column in enumerate(value)] if isinstance(value, list) else []
@@ -147,5 +204,26 @@ class DatasetSpec(KindSpec):
         default="processed", alias="validate", description="Which data the rules run on."
     )
 
+    # The files an `sql` source reads, as its SQL names them (found by DuckDB's parser when the
+    # specs are checked: specs/checks.py); they are inputs like a `path` source's files.
+    _sql_patterns: tuple[str, ...] = PrivateAttr(default=())
+
     def path_inputs(self) -> list[PathInput]:
-        return [PathInput(self.source.path, ("source", "path"), must_exist=True)]
+        if self.source.path is not None:
+            return [PathInput(self.source.path, ("source", "path"), must_exist=True)]
+        return [PathInput(pattern, ("source", "sql"), must_exist=True) for pattern in self._sql_patterns]
+
+    def sql_texts(self) -> list[tuple[tuple, str, str]]:
+        """Each SQL string the spec holds: (field path below `spec`, role, text)."""
+        texts = [(("source", "sql"), "source", self.source.sql)] if self.source.sql is not None else []
+        return texts + [(("transforms", index, "sql"), "transform", transform.sql)
+                        for index, transform in enumerate(self.transforms) if transform.sql is not None]
+
+    def set_sql_patterns(self, patterns: tuple[str, ...]) -> None:
+        self._sql_patterns = tuple(patterns)
+
+    def sql_patterns(self) -> tuple[str, ...]:
+        return self._sql_patterns
+
+    def secret_env(self) -> list[str]:
+        return [self.source.database_url_env] if self.source.database_url_env else []

@@ -358,8 +358,10 @@ def _nearest(positions: dict[tuple, tuple[int, int]], path: tuple) -> tuple[int,
     return (1, 1)
 
 
-def load_resources(root: Path, spec_dirs: list[str], max_spec_bytes: int = MAX_SPEC_BYTES) -> list[Resource]:
-    """Load and validate every spec file; raise SpecError with all issues if any."""
+def load_resources(root: Path, spec_dirs: list[str], max_spec_bytes: int = MAX_SPEC_BYTES,
+                   cache_dir: Path | None = None) -> list[Resource]:
+    """Load and validate every spec file; raise SpecError with all issues if any. `cache_dir`
+    (the project's state cache) keeps answers that cost a subprocess (Dataset SQL)."""
     from .checks import check_resources
 
     root = root.resolve()
@@ -374,7 +376,7 @@ def load_resources(root: Path, spec_dirs: list[str], max_spec_bytes: int = MAX_S
                 if resource is not None:
                     resources.append(resource)
         _cap_issues(issues, first, display)
-    issues.extend(check_resources(root, resources))
+    issues.extend(check_resources(root, resources, cache_dir))
     if issues:
         raise SpecError(issues)
     return resources
