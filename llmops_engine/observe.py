@@ -1,10 +1,12 @@
 """Observation: what the specs want, what the store and the live world hold, and the plan.
 
 `observe()` is what `llmops plan`, `status` and the start of every `apply` call. It is
-read-only: it loads specs, hashes input files (keeping a size/mtime cache under the state
-dir), reads resource records from the artifact store and asks each kind's controller for
-cheap live observations (plain HTTP, no heavy imports). It never restores data, runs a
-writing DVC or git command, or starts a process; then the pure planner decides.
+read-only: it loads specs (Dataset SQL is parsed by DuckDB in a subprocess, answers cached
+under the state dir), hashes input files (keeping a size/mtime cache there too), runs a
+database source's query where its refresh policy says so (the extract lands under the state
+dir: data/extracts.py), reads resource records from the artifact store and asks each kind's
+controller for cheap live observations (plain HTTP, no heavy imports). It never restores data,
+writes outside the state dir, or runs a writing DVC or git command; then the pure planner decides.
 """
 
 from __future__ import annotations

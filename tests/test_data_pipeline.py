@@ -17,7 +17,7 @@ from llmops_engine.data import demo
 from llmops_engine.data.examples import chat_to_example
 from llmops_engine.data.pipeline import build
 from llmops_engine.data.split import is_eval
-from llmops_engine.data.transforms import transform_rows
+from llmops_engine.data.transforms import StepContext, apply_transforms
 from llmops_engine.errors import DataError
 from llmops_engine.specs.dataset import DatasetSpec, Split, Transform, ValidationRule
 
@@ -48,6 +48,18 @@ def run(tmp_path: Path, dataset: DatasetSpec) -> tuple[list[dict], list[dict]]:
     build("t", dataset, tmp_path, out, tmp_path / "failed")
     read = lambda name: [json.loads(line) for line in (out / name).read_text().splitlines()]  # noqa: E731
     return read("train.jsonl"), read("eval.jsonl")
+
+
+def transform_rows(items: list[dict], transforms: list[Transform], work: Path) -> list[dict]:
+    """Transforms on in-memory examples, as the pipeline runs them."""
+    import duckdb
+    import pyarrow as pa
+
+    schema = pa.schema([(f, pa.string()) for f in ("instruction", "input", "output")])
+    batch = pa.RecordBatch.from_pylist([{f: item.get(f) for f in schema.names} for item in items], schema=schema)
+    with duckdb.connect() as con:
+        return [row for result in apply_transforms(iter([batch]), transforms, StepContext(con, work))
+                for row in result.to_pylist()]
 
 
 def run_transforms(items: list[dict], *transforms: dict) -> list[dict]:

@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from llmops_engine.data.pipeline import build
-from llmops_engine.data.validation import ChunkValidator, digest_of
+from llmops_engine.data.validation import ChunkValidator, value_digests
 from llmops_engine.errors import ValidationFailed
 from llmops_engine.specs.dataset import DatasetSpec, ValidationRule
 from llmops_engine.specs.loader import load_resources
@@ -95,7 +96,7 @@ def test_chunked_results_equal_one_chunk_and_mostly_is_on_the_whole_data():
         validator = ChunkValidator(rules, "processed", chunk_rows=chunk_rows)
         for start in range(0, len(data), 5):  # pieces as the pipeline passes them; chunks are their sum
             piece = pd.DataFrame(data[start:start + 5])
-            validator.add(piece, {"instruction": [digest_of(v) for v in piece["instruction"]]})
+            validator.add(piece, value_digests(pa.RecordBatch.from_pandas(piece), ["instruction"]))
         return [(r.success, r.element_count, r.unexpected_count, r.examples[:1], r.observed_value) for r in validator.finish()]
 
     whole, chunked = results(1000), results(5)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llmops_engine.data.sources import source_files
-from llmops_engine.data.transforms import REGEX_SECONDS_PER_ROW, transform_rows
+from llmops_engine.data.transforms import REGEX_SECONDS_PER_ROW
 from llmops_engine.errors import DataError, PlanError
 from llmops_engine.fingerprint import ContentHasher
 from llmops_engine.specs.dataset import FilterRegex, Source, Transform
@@ -24,6 +24,7 @@ from llmops_engine.specs.loader import load_resources
 from llmops_engine.specs.prompt import PromptSpec
 from llmops_engine.specs.regexes import regex_problem
 from tests.conftest import REPO
+from tests.test_data_pipeline import transform_rows
 from tests.test_loader_errors import ALIAS_BOMB, PROMPT_Q
 
 

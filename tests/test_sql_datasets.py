@@ -16,12 +16,13 @@ from llmops_engine.controllers import Registry
 from llmops_engine.data import dvc_stage
 from llmops_engine.data.pipeline import SourceData, build
 from llmops_engine.data.split import eval_mask, is_eval
-from llmops_engine.data.transforms import PYTHON_WHITESPACE, transform_rows
+from llmops_engine.data.transforms import PYTHON_WHITESPACE
 from llmops_engine.engine import Engine
 from llmops_engine.errors import DataError, SpecError
 from llmops_engine.project import load_project
-from llmops_engine.specs.dataset import Split, Transform
+from llmops_engine.specs.dataset import DatasetSpec, Split, Transform
 from llmops_engine.specs.loader import load_resources
+from tests.test_data_pipeline import transform_rows
 
 DATASET = """
 apiVersion: llmops/v1
@@ -84,8 +85,9 @@ def test_sql_and_declarative_transforms_run_in_spec_order(tmp_path):
     )]
     items = [{"instruction": f" q{i} ", "input": f"c{i % 2}", "output": f"a{i % 4}"} for i in range(12)]
     items.append(dict(items[1]))  # a duplicate, dropped before the sql step sees it
-    assert transform_rows(items, transforms, tmp_path) == [
-        {"instruction": "q9", "input": "c1", "output": "a1"}, {"instruction": "q7", "input": "c1", "output": "a3"}]
+    rows = transform_rows(items, transforms, tmp_path)
+    assert [(r["instruction"], r["input"], r["output"], r["history"]) for r in rows] == [
+        ("q9", "c1", "a1", None), ("q7", "c1", "a3", None)]  # `rows` has history (null) after an sql step
 
 
 def test_an_sql_transform_may_drop_input_and_must_return_instruction_and_output(sql_project):
@@ -209,3 +211,33 @@ def test_the_dvc_stage_gets_no_secret_a_spec_names(monkeypatch):
     monkeypatch.setenv("WAREHOUSE_URL", "postgresql://user:pw@db.internal/warehouse")
     env = dvc_stage.dvc_env(["WAREHOUSE_URL"])
     assert "WAREHOUSE_URL" not in env and env["DVC_NO_ANALYTICS"] == "1" and env["PATH"]
+
+
+def test_a_column_that_first_appears_late_in_a_file_is_read_or_refused_never_lost(make_project):
+    root = make_project({"dataset.yaml": DATASET.format(
+        sql=json.dumps("SELECT * FROM read_json_auto('data/late.jsonl')"), transforms="[]")})
+    late = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(30_000)]
+    late += [{"question": f"late {i}", "answer": "a", "context": "CONTEXT"} for i in range(50)]
+    write_jsonl(root / "data" / "late.jsonl", late)
+    with pytest.raises(DataError, match='unknown key "context"'):  # the user's own read: DuckDB samples
+        built(root)
+    path_spec = DatasetSpec.model_validate({"source": {"path": "data/late.jsonl"}, "split": {"eval_fraction": 0.5},
+                                           "columns": {"instruction": "question", "input": "context",
+                                                       "output": "answer"}})
+    build("late", path_spec, root, root / "out2", root / "failed")
+    written = (root / "out2" / "train.jsonl").read_text() + (root / "out2" / "eval.jsonl").read_text()
+    assert written.count('"input": "CONTEXT"') == 50
+
+
+def test_sql_steps_are_named_by_their_place_in_the_spec_and_keep_history_a_list(sql_project):
+    root = sql_project()
+    spec = next(r for r in load_resources(root, ["specs"]) if r.kind == "Dataset").spec
+    broken = spec.model_copy(update={"transforms": [
+        Transform.model_validate({"sql": "SELECT instruction FROM rows"}),
+        Transform.model_validate({"sql": "SELECT * FROM rows"})]})
+    with pytest.raises(DataError, match=r"sql transform \(spec.transforms\[0\]\) returned no column output"):
+        build("tickets", broken, root, root / "out", root / "failed", SourceData(spec.sql_patterns()))
+    bad_history = spec.model_copy(update={"transforms": [
+        Transform.model_validate({"sql": "SELECT * REPLACE ('not json' AS history) FROM rows"})]})
+    with pytest.raises(DataError, match=r"spec.transforms\[0\]\): history must be null or a JSON list"):
+        build("tickets", bad_history, root, root / "out", root / "failed", SourceData(spec.sql_patterns()))

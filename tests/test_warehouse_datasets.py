@@ -120,6 +120,8 @@ def test_on_apply_queries_at_every_plan_and_retrains_only_when_the_rows_changed(
     assert changed["TuningJob/t"][0] == "update"
     assert not engine.apply().failed
     assert len(tuning.applied) == 2 and tuning.applied[-1]["raw_rows"] == 61
+    extracts = list((root / ".llmops/extracts/tickets").glob("*.parquet"))  # older ones pruned
+    assert [p.stem for p in extracts] == [tuning.applied[-1]["extract"]]
     assert "new question" in (processed / "train.jsonl").read_text() + (processed / "eval.jsonl").read_text()
 
 
@@ -146,8 +148,8 @@ def test_a_database_that_is_down_or_unset_is_a_clear_error_and_keeps_the_last_go
     assert not engine.apply().failed
     processed = root / "data/processed/tickets/train.jsonl"
     before = processed.read_bytes()
-    records = (root / ".llmops").rglob("*.json")
-    record_before = {p: p.read_bytes() for p in records if "records" in p.parts}
+    records_before = {key: (r.fingerprint, r.status, r.outputs) for key, r in engine.records().items()}
+    assert set(records_before) == {"Dataset/tickets", "Prompt/p", "TuningJob/t"}
 
     down = postgres_url.replace(f":{postgres.port}/", ":1/")  # nothing listens on port 1
     monkeypatch.setenv(URL_ENV, down)
@@ -159,7 +161,7 @@ def test_a_database_that_is_down_or_unset_is_a_clear_error_and_keeps_the_last_go
     with pytest.raises(DataError, match=f"environment variable {URL_ENV} is not set"):
         engine.apply()
     assert processed.read_bytes() == before
-    assert {p: p.read_bytes() for p in record_before} == record_before
+    assert {key: (r.fingerprint, r.status, r.outputs) for key, r in engine.records().items()} == records_before
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..data import dvc_stage
 from ..data.bootstrap import ensure_raw_data
 from ..data.extracts import NOT_EXTRACTED, extract_dir, extract_path, input_key
+from ..data.extracts import prune as prune_extracts
 from ..data.pipeline import EVAL, OUTPUT_FILES, REPORT_JSON, REPORT_MD, TRAIN
 from ..data.reports import failure_message
 from ..errors import DataError, DVCError, ValidationFailed
@@ -47,13 +48,17 @@ class DatasetController(BaseController):
         done = dvc_stage.repro(root, name, secrets)
         if done.returncode != 0:
             raise _stage_error(name, done, failures)
-        return _publish(root, name, staging) | ({"extract": extract_sha256} if extract_sha256 else {})
+        outputs = _publish(root, name, staging)
+        if extract_sha256:
+            prune_extracts(ctx.project.state_dir, name, keep={extract_sha256})
+        return outputs | ({"extract": extract_sha256} if extract_sha256 else {})
 
     def delete(self, record: ResourceRecord, ctx: ApplyContext) -> None:
         root = ctx.project.root
         if dvc_stage.stage_name(record.name) in (dvc_stage.read_stages(root)):
             dvc_stage.run_dvc(root, "remove", "--outs", dvc_stage.stage_name(record.name))
         dvc_stage.remove_stage(root, record.name)
+        prune_extracts(ctx.project.state_dir, record.name, keep=set())
 
 
 def _planned_extract(resource: Resource, ctx: ApplyContext) -> str | None:

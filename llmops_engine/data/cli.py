@@ -70,6 +70,7 @@ def ensure_raw(project_dir: Optional[Path] = _PROJECT) -> None:
 
 
 def _build(name: str, project_dir: Path | None):
+    from ..errors import DataError
     from ..project import load_project
     from .dvc_stage import failure_dir, processed_dir, stage_extract
     from .extracts import extract_path
@@ -78,8 +79,14 @@ def _build(name: str, project_dir: Path | None):
 
     project = load_project(project_dir)
     resource = _dataset(project, name)
-    sha256 = stage_extract(project.root, name) if resource.spec.source.kind() == "database" else None
-    data = SourceData(resource.spec.sql_patterns(), extract_path(project.state_dir, name, sha256) if sha256 else None)
+    extract = None
+    if resource.spec.source.kind() == "database":
+        sha256 = stage_extract(project.root, name)
+        extract = extract_path(project.state_dir, name, sha256) if sha256 else None
+        if extract is None or not extract.is_file():
+            raise DataError(f"Dataset {name} reads a database and has no extract to build from yet "
+                            "(its stage's params name none, or it is gone); run llmops apply")
+    data = SourceData(resource.spec.sql_patterns(), extract)
     return build_dataset(name, resource.spec, project.root, processed_dir(project.root, name),
                          failure_dir(project, name), data)
 

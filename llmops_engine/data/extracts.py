@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..specs.resource import Resource
-from .warehouse import Extract, extract, latest
+from .warehouse import LATEST, Extract, extract, latest
 
 NOT_EXTRACTED = "not extracted yet"
 
@@ -72,3 +72,28 @@ def refresh(resource: Resource, state_dir: Path) -> Extract:
     """Query now, whatever the policy (`llmops data refresh NAME`)."""
     source = resource.spec.source
     return extract(source.database_url_env, source.query, extract_dir(state_dir, resource.name))
+
+
+def prune(state_dir: Path, dataset: str, keep: set[str]) -> None:
+    """Remove a Dataset's extracts except `keep` (sha256s) and the latest; all of them when `keep`
+    is empty (the Dataset was deleted). Extracts are whole query results: they must not pile up."""
+    import shutil
+
+    folder = extract_dir(state_dir, dataset)
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    latest_sha = _latest_sha256(folder)
+    for path in folder.glob("*.parquet"):
+        if path.stem not in keep and path.stem != latest_sha:
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _latest_sha256(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / LATEST).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -1,17 +1,16 @@
-"""The Dataset recipe: read → map → transform → split → validate → publish, in DuckDB.
+"""The Dataset recipe: read → map → transform → split → validate → publish.
 
-The source is a DuckDB relation (data/sources.py); the column mapping and the transforms
-rewrite it (data/transforms.py), so reading, filtering and deduplicating run vectorized,
-on every core and out of core: DuckDB spills to a directory inside the build past its
-memory limit. One ordered pass over the result splits rows by their content hash into
-train.jsonl / eval.jsonl (lines made by DuckDB) and feeds Great Expectations chunk by
-chunk; raw-data rules read the source in chunks of their own. Files are written into a
-temporary sibling directory and swapped into place only when validation passes, so a
-failed build leaves the previous good processed data exactly as it was.
+DuckDB reads the source out of core (data/sources.py: its readers, the column mapping in SQL,
+spilling to the build directory past its memory limit) and hands the rows over in order as
+Arrow batches; the transforms are steps over those batches (data/transforms.py). One ordered
+pass splits rows by their content hash into train.jsonl / eval.jsonl (lines assembled
+vectorized, byte-identical to json.dumps) and feeds Great Expectations chunk by chunk;
+raw-data rules read the source in chunks of their own. Files are written into a temporary
+sibling directory and swapped into place only when validation passes, so a failed build
+leaves the previous good processed data exactly as it was.
 
-The connection reads only the source's files and the build directory (sqlscan.py), so
-not even an `sql` transform can read anything else.
-"""
+The connection reads only the source's files and the build directory (sqlscan.py), so not
+even an `sql` step can read anything else."""
 
 from __future__ import annotations
 
@@ -20,19 +19,19 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from contextlib import closing, contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from ..errors import DataError, ValidationFailed
 from ..specs.dataset import EXAMPLE_FIELDS, DatasetSpec
 from .examples import chat_to_example, turns_of
 from .reports import failure_message, report_dict, report_markdown
-from .sources import raw_relation, source_files, text_relation
+from .sources import mapped_columns, raw_relation, source_files, text_relation
 from .split import eval_mask
-from .sqltext import quoted
+from .sqltext import quoted, sql_list
 from .transforms import Batches, StepContext, apply_transforms, joined, json_text_array, scan
-from .validation import ChunkValidator, digest_of, gx_version, value_digests
+from .validation import ChunkValidator, gx_version, value_digests
 
 TRAIN, EVAL = "train.jsonl", "eval.jsonl"
 REPORT_JSON, REPORT_MD = "validation.json", "validation.md"
@@ -92,7 +91,7 @@ def _build_into(name: str, spec: DatasetSpec, root: Path, work: Path, data: Sour
         source = _Counter()
         examples = apply_transforms(source.tap(_mapped(con, root, spec, raw, source_columns)), spec.transforms,
                                     StepContext(con, work))
-        processed = ChunkValidator(spec.validation, "processed", lookup=_written_lookup(work)) \
+        processed = ChunkValidator(spec.validation, "processed", lookup=_lookup(con, _written(work))) \
             if _checks(spec, "processed") else None
         train_rows, eval_rows = _write_split(examples, spec, work, processed)
         if source.rows == 0:
@@ -133,7 +132,8 @@ def _source_columns(con: Any, raw: str) -> list[str]:
 
 def _check_columns(name: str, con: Any, raw: str, have: list[str], spec: DatasetSpec) -> None:
     """The columns the examples need must exist; `input` may be absent (it becomes "")."""
-    if spec.source.inferred_format() == "jsonl" and have == ["json"]:  # DuckDB's reading of non-objects
+    if spec.source.inferred_format() == "jsonl" and have == ["json"] and "json" not in mapped_columns(spec.columns):
+        # DuckDB's reading of lines that are not objects
         if not con.sql(f"SELECT count(*) FROM {raw}").fetchall()[0][0]:
             raise _no_rows(name, spec)
         raise DataError("the source's lines are not JSON objects; each line must be one JSON object")
@@ -171,7 +171,7 @@ def _chat_examples(batches) -> Batches:
 
 
 def _validate_raw(con: Any, raw: str, columns: list[str], spec: DatasetSpec) -> list:
-    check = ChunkValidator(spec.validation, "raw", lookup=_raw_lookup(con, raw))
+    check = ChunkValidator(spec.validation, "raw", lookup=_lookup(con, raw))
     wanted = check.needed_columns()
     values = columns if wanted is None else [c for c in wanted if c in columns]
     digests = [c for c in check.digest_columns() if c in columns]
@@ -181,29 +181,28 @@ def _validate_raw(con: Any, raw: str, columns: list[str], spec: DatasetSpec) -> 
     return check.finish()
 
 
-def _raw_lookup(con: Any, raw: str) -> Callable[[str, list[int]], dict[int, Any]]:
+def _lookup(con: Any, relation: str) -> Callable[[str, list[int]], dict[int, Any]]:
+    """Finds the values behind digests (failed uniqueness rules' examples) in one more streamed pass."""
     def values_of(column: str, digests: list[int]) -> dict[int, Any]:
-        return _found(digests, (batch.column(0).to_pylist() for batch in
-                                scan(con, f"SELECT {quoted(column)} FROM {raw}")))
+        import numpy as np
+
+        wanted, found = np.array(digests, dtype=np.int64), {}
+        for batch in scan(con, f"SELECT {quoted(column)} FROM {relation}"):
+            hashed = value_digests(batch, [column])[column]
+            hits = np.flatnonzero(np.isin(hashed.to_numpy(dtype=np.int64, na_value=0), wanted) & ~hashed.isna())
+            for index in hits.tolist():
+                found.setdefault(int(hashed[index]), batch.column(0)[index].as_py())
+            if len(found) == len(digests):
+                break
+        return found
     return values_of
 
 
-def _written_lookup(work: Path) -> Callable[[str, list[int]], dict[int, Any]]:
-    def values_of(column: str, digests: list[int]) -> dict[int, Any]:
-        return _found(digests, ([row.get(column) for row in _read_written(work)],))
-    return values_of
-
-
-def _found(digests: list[int], value_lists: Iterable[list[Any]]) -> dict[int, Any]:
-    wanted, found = set(digests), {}
-    for values in value_lists:
-        for value in values:
-            digest = digest_of(value)
-            if digest in wanted and digest not in found:
-                found[digest] = value
-        if len(found) == len(wanted):
-            break
-    return found
+def _written(work: Path) -> str:
+    """The written train/eval files as a relation."""
+    declared = ", ".join(f"'{f}': 'VARCHAR'" for f in EXAMPLE_FIELDS)
+    return (f"read_json({sql_list([work / TRAIN, work / EVAL])}, format='newline_delimited', "
+            f"columns={{{declared}}})")
 
 
 def _write_split(examples: Batches, spec: DatasetSpec, work: Path, check: ChunkValidator | None) -> tuple[int, int]:
@@ -211,7 +210,7 @@ def _write_split(examples: Batches, spec: DatasetSpec, work: Path, check: ChunkV
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    digests = check.digest_columns() if check else []
+    digests = [c for c in (check.digest_columns() if check else []) if c in EXAMPLE_FIELDS]
     wanted = (check.needed_columns() if check else None) or EXAMPLE_FIELDS
     values = [f for f in EXAMPLE_FIELDS if f in wanted]
     counts = {TRAIN: 0, EVAL: 0}
@@ -252,12 +251,6 @@ def _text_lines(lines: Any) -> str:
 
     whole = pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines)
     return pc.binary_join(whole, "\n")[0].as_py() + "\n"
-
-
-def _read_written(work: Path) -> Iterator[dict]:
-    for name in (TRAIN, EVAL):
-        with (work / name).open(encoding="utf-8") as handle:
-            yield from map(json.loads, handle)
 
 
 class _Counter:

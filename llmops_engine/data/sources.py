@@ -58,8 +58,8 @@ def raw_relation(root: Path, source: Source, patterns: tuple[str, ...] = (), ext
         return f"({rewrite(source.sql, pattern_files(root, source, patterns))})"
     listed = sql_list(source_files(root, source))
     fmt = source.inferred_format()
-    if fmt == "jsonl":
-        return f"read_json_auto({listed}, format='newline_delimited', union_by_name=true)"
+    if fmt == "jsonl":  # every row's keys, not a sample's: a column may first appear late
+        return f"read_json_auto({listed}, format='newline_delimited', union_by_name=true, sample_size=-1)"
     if fmt == "csv":
         return f"read_csv({listed}, header=true, all_varchar=true, union_by_name=true)"
     return f"read_parquet({listed}, union_by_name=true)"
@@ -86,7 +86,9 @@ def mapped_columns(columns: Columns) -> list[str]:
 
 def _as_text(name: str) -> str:
     column = quoted(name)
-    # Nested values (a chat column of structs, a list) become JSON text, scalars their text.
+    # Nested values (a chat column of structs, a list) become JSON text, scalars their text; a
+    # floating-point NaN is missing, as pandas writes a null.
     return (f"CASE WHEN {column} IS NULL THEN NULL "
+            f"WHEN typeof({column}) IN ('DOUBLE', 'FLOAT') AND isnan(TRY_CAST({column} AS DOUBLE)) THEN NULL "
             f"WHEN typeof({column}) LIKE '%[]' OR typeof({column}) LIKE 'STRUCT%' OR typeof({column}) LIKE 'MAP%' "
             f"THEN to_json({column})::VARCHAR ELSE {column}::VARCHAR END")

@@ -2,8 +2,9 @@
 
 The rows arrive from DuckDB in source order as batches of example fields (instruction, input,
 output, and a chat source's `history`). Declarative steps are vectorized Arrow compute kernels
-over each batch, so no per-row Python runs for them; `dedupe` keeps a 16-byte digest per key in
-sorted NumPy arrays (data/seen.py), `sample` the n rows it keeps, `filter_regex` runs Python's
+over each batch, so no per-row Python runs for them; `dedupe` keys rows by a vectorized 128-bit
+hash and keeps 16 bytes per distinct key in sorted NumPy arrays (data/seen.py), `sample` the n
+rows it keeps, `filter_regex` runs Python's
 `re` under a per-row time limit (it runs here, in the main thread, where the alarm works). An
 `sql` step hands the rows so far to DuckDB as an Arrow IPC file in the build directory and
 streams back what the user's SELECT returns, on the connection that can read nothing else
@@ -32,7 +33,7 @@ import json
 import re
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from json.encoder import encode_basestring, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -55,19 +56,20 @@ PYTHON_WHITESPACE = "".join(map(chr, (0x9, 0xA, 0xB, 0xC, 0xD, 0x1C, 0x1D, 0x1E,
 Batches = Iterator[Any]  # of pyarrow.RecordBatch, example fields as strings
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepContext:
-    """What the steps that leave Python need: the build's DuckDB connection and directory."""
+    """What the steps that leave Python need: the build's DuckDB connection and directory, and
+    the step's place in spec.transforms (for its files and its errors)."""
 
     con: Any
     work: Path
-    steps: int = 0
+    index: int = 0
 
 
 def apply_transforms(batches: Batches, transforms: list[Transform], ctx: StepContext) -> Batches:
-    for transform in transforms:
+    for index, transform in enumerate(transforms):
         name, argument = transform.operation()
-        batches = _STEPS[name](batches, argument, ctx)
+        batches = _STEPS[name](batches, argument, replace(ctx, index=index))
     return batches
 
 
@@ -290,30 +292,37 @@ def sample(batches: Batches, rule: Sample, ctx: StepContext) -> Batches:
 
 
 def sql(batches: Batches, query: str, ctx: StepContext) -> Batches:
-    """The user's SELECT over `rows` (the rows so far, in order); its result, in its order, is the
-    new rows. The rows reach DuckDB as an Arrow IPC file (out of core: one batch in memory)."""
+    """The user's SELECT over `rows` (the rows so far, in order: the example fields, and `history`,
+    null unless the source is chat); its result, in its order, is the new rows. The rows reach
+    DuckDB as an Arrow IPC file (out of core: one batch in memory)."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
     from .sqlscan import nestable
 
-    ctx.steps += 1
-    path = ctx.work / f"step-{ctx.steps}.arrow"
+    where = f"sql transform (spec.transforms[{ctx.index}])"
+    path = ctx.work / f"step-{ctx.index}.arrow"
     schema = _write_ipc(batches, path)
     if schema is None:
         return
-    name = f"llmops_rows_{ctx.steps}"
+    name = f"llmops_rows_{ctx.index}"
     ctx.con.register(name, ds.dataset(path, format="ipc"))
-    relation = f"(WITH rows AS (SELECT * FROM {name}) SELECT * FROM ({nestable(query)}))"
-    columns = _bound_columns(ctx.con, relation, ctx.steps)
+    history = "history" if "history" in schema.names else "NULL::VARCHAR AS history"
+    rows = f"SELECT instruction, input, output, {history} FROM {name}"
+    relation = f"(WITH rows AS ({rows}) SELECT * FROM ({nestable(query)}))"
+    columns = _bound_columns(ctx.con, relation, where)
     missing = [f for f in ("instruction", "output") if f not in columns]
     if missing:
-        raise DataError(f"sql transform (step {ctx.steps}) returned no column {', '.join(missing)} "
+        raise DataError(f"{where} returned no column {', '.join(missing)} "
                         f"(it returned: {', '.join(columns) or 'nothing'}); select instruction and output, "
                         "and input if you keep it")
     kept = ["instruction::VARCHAR AS instruction",
             "coalesce(input::VARCHAR, '') AS input" if "input" in columns else "'' AS input",
-            "output::VARCHAR AS output"] + (["history::VARCHAR AS history"] if "history" in columns else [])
+            "output::VARCHAR AS output"]
+    if "history" in columns:  # earlier turns must stay a JSON list of turns, or be null
+        kept.append(f"CASE WHEN history IS NULL OR (json_valid(history::VARCHAR) AND "
+                    f"json_type(history::VARCHAR) = 'ARRAY') THEN history::VARCHAR ELSE "
+                    f"error('{where}: history must be null or a JSON list of turns') END AS history")
     for batch in scan(ctx.con, f"SELECT {', '.join(kept)} FROM {relation}"):
         yield batch.cast(pa.schema([(f, pa.string()) for f in batch.schema.names]))
 
@@ -335,14 +344,14 @@ def _write_ipc(batches: Batches, path: Path) -> Any:
     return schema
 
 
-def _bound_columns(con: Any, relation: str, step: int) -> list[str]:
+def _bound_columns(con: Any, relation: str, where: str) -> list[str]:
     import duckdb
 
     try:
         return list(con.sql(f"SELECT * FROM {relation} LIMIT 0").columns)
     except duckdb.Error as exc:
         reason = " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
-        raise DataError(f"sql transform (step {step}) failed: {reason}") from None
+        raise DataError(f"{where} failed: {reason}") from None
 
 
 _STEPS: dict[str, Callable[[Batches, Any, StepContext], Batches]] = {
@@ -355,16 +364,3 @@ _STEPS: dict[str, Callable[[Batches, Any, StepContext], Batches]] = {
     "sample": sample,
     "sql": sql,
 }
-
-
-def transform_rows(items: Iterable[Example], transforms: list[Transform], work: Path) -> list[Example]:
-    """Run transforms on in-memory examples (a convenience for tools and tests)."""
-    import duckdb
-    import pyarrow as pa
-
-    schema = pa.schema([(f, pa.string()) for f in EXAMPLE_FIELDS])
-    batch = pa.RecordBatch.from_pylist([{f: item.get(f) for f in EXAMPLE_FIELDS} for item in items], schema=schema)
-    with duckdb.connect() as con:
-        out = apply_transforms(iter([batch]), transforms, StepContext(con, work))
-        return [row for result in out for row in result.to_pylist()]
-

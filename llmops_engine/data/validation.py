@@ -135,14 +135,6 @@ _BY_DIGEST = {"column_values_to_be_unique", "compound_columns_to_be_unique",
               "column_proportion_of_unique_values_to_be_between"}
 
 
-def digest_of(value: Any) -> int | None:
-    """One value's digest, as `value_digests` computes it."""
-    import pyarrow as pa
-
-    digests = value_digests(pa.RecordBatch.from_pydict({"v": [value]}), ["v"])["v"]
-    return None if digests.isna()[0] else int(digests[0])
-
-
 def value_digests(batch: Any, columns: Sequence[str]) -> dict[str, Any]:
     """The digest of each value of the named columns of an Arrow batch, as a nullable Int64 pandas
     array: pandas' vectorized 64-bit hash of the value's text (a string, or the JSON of anything

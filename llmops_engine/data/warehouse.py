@@ -168,7 +168,7 @@ def _query_batches(url: str, query: str, database: str, url_env: str,
     try:
         connection = _connect(engine, url, database, url_env)
         try:
-            with _query_errors(query):
+            with _query_errors(query, engine.dialect.loaded_dbapi.Error):
                 transaction = connection.begin()
                 try:
                     if engine.dialect.name == "postgresql":
@@ -263,20 +263,27 @@ def _hint(sqlstate: str | None, at_first_word: bool) -> str:
 
 
 @contextmanager
-def _query_errors(query: str):
-    """Errors once connected are the query's: say what the database said, and where."""
+def _query_errors(query: str, driver_error: type[BaseException]):
+    """Errors once connected are the query's: say what the database said, and where. Rows are read
+    from the driver's own cursor, so its errors (`driver_error`) arrive unwrapped too."""
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     try:
         yield
     except DBAPIError as exc:
-        diag = getattr(exc.orig, "diag", None)
-        message = (getattr(diag, "message_primary", None) or _first_line(exc)).strip()
-        where = _query_position(query, getattr(diag, "statement_position", None))
-        hint = _hint(getattr(exc.orig, "sqlstate", None), where == " (query line 1, column 1)")
-        raise DataError(f"the query failed: {message}{where}{hint}") from exc
+        raise _query_failed(query, exc.orig, _first_line(exc)) from exc
+    except driver_error as exc:
+        raise _query_failed(query, exc, _first_line(exc)) from exc
     except SQLAlchemyError as exc:
         raise DataError(f"the query failed: {_first_line(exc)}") from exc
+
+
+def _query_failed(query: str, error: BaseException, fallback: str) -> DataError:
+    diag = getattr(error, "diag", None)
+    message = (getattr(diag, "message_primary", None) or fallback).strip()
+    where = _query_position(query, getattr(diag, "statement_position", None))
+    hint = _hint(getattr(error, "sqlstate", None), where == " (query line 1, column 1)")
+    return DataError(f"the query failed: {message}{where}{hint}")
 
 
 def _query_position(query: str, position: Any) -> str:

@@ -88,7 +88,9 @@ def _dataset_sql(by_key: dict[str, Resource], issues: list[SpecIssue], cache_dir
     from .sqlfacts import scan_all
 
     cache = cache_dir / "sql" if cache_dir else None
-    for (resource, field, role, text), facts in zip(found, scan_all([(t, r) for _, _, r, t in found], cache)):
+    secrets = sorted({env for resource in by_key.values() for env in resource.spec.secret_env()})
+    answers = scan_all([(text, role) for _, _, role, text in found], cache, secrets)
+    for (resource, field, role, text), facts in zip(found, answers):
         if facts.problem:
             issues.append(_issue(resource, ("spec", *field), facts.problem + _sql_position(text, facts.offset)))
         elif role == "source":

@@ -39,11 +39,12 @@ class SqlFacts:
 
 
 
-def scan_all(items: Sequence[tuple[str, Role]], cache_dir: Path | None) -> list[SqlFacts]:
+def scan_all(items: Sequence[tuple[str, Role]], cache_dir: Path | None, secrets: Sequence[str] = ()) -> list[SqlFacts]:
     """`analyze` for each (sql, role), without importing DuckDB into this process.
 
     Answers come from `cache_dir` (None: no cache) when this DuckDB version has seen the same
-    SQL and role; the rest are analysed by one subprocess. Raises DataError if that fails.
+    SQL and role; the rest are analysed by one subprocess, which gets no variable in `secrets`
+    (the specs' secret env names). Raises DataError if that fails.
     """
     keys = [_cache_key(sql, role) for sql, role in items]
     answers: dict[str, SqlFacts] = {}
@@ -53,7 +54,7 @@ def scan_all(items: Sequence[tuple[str, Role]], cache_dir: Path | None) -> list[
             answers[key] = cached
     missing = {key: item for key, item in zip(keys, items) if key not in answers}
     if missing:
-        fresh = _scan_in_subprocess(list(missing.values()))
+        fresh = _scan_in_subprocess(list(missing.values()), secrets)
         for key, facts in zip(missing, fresh):
             answers[key] = facts
             if cache_dir:
@@ -95,11 +96,13 @@ def _facts_from_json(data: dict[str, Any]) -> SqlFacts:
     return SqlFacts(tuple(patterns), problem, offset)
 
 
-def _scan_in_subprocess(items: list[tuple[str, Role]]) -> list[SqlFacts]:
+def _scan_in_subprocess(items: list[tuple[str, Role]], secrets: Sequence[str]) -> list[SqlFacts]:
     request = json.dumps([{"sql": sql, "role": role} for sql, role in items])
     command = [sys.executable, "-m", "llmops_engine.data.sqlscan"]
+    env = {name: value for name, value in os.environ.items() if name not in secrets}
     try:
-        done = subprocess.run(command, input=request, capture_output=True, text=True, timeout=SCAN_TIMEOUT_S)
+        done = subprocess.run(command, input=request, capture_output=True, text=True, timeout=SCAN_TIMEOUT_S,
+                              env=env)
     except subprocess.TimeoutExpired:
         raise DataError(f"checking Dataset SQL with DuckDB took longer than {SCAN_TIMEOUT_S} s") from None
     except OSError as exc:
