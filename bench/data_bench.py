@@ -112,8 +112,12 @@ def child(mode: str, raw: Path, out: Path) -> None:
 
 def measure(mode: str, raw: Path, work: Path, rows: int) -> dict:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False"}
-    done = subprocess.run([sys.executable, __file__, "--child", mode, str(raw), str(work / mode)],
-                          capture_output=True, text=True, env=env)
+    return in_child(__file__, mode, [str(raw), str(work / mode)], env, rows)
+
+
+def in_child(script: str, mode: str, args: list[str], env: dict, rows: int) -> dict:
+    """`script --child MODE ARGS…` in its own process (so peak RSS is its own): its JSON result."""
+    done = subprocess.run([sys.executable, script, "--child", mode, *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"mode": mode, "error": done.stderr.strip()[-500:]}
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,13 +77,9 @@ def child(mode: str, out: Path) -> None:
 
 
 def measure(mode: str, url: str, work: Path, rows: int) -> dict:
-    env = {**os.environ, URL_ENV: url}
-    done = subprocess.run([sys.executable, __file__, "--child", mode, str(work / mode)],
-                          capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        return {"mode": mode, "error": done.stderr.strip()[-500:]}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"mode": mode, **result, "rows_per_s": rows / result["seconds"]}
+    from data_bench import in_child  # bench/, beside this script
+
+    return in_child(__file__, mode, [str(work / mode)], {**os.environ, URL_ENV: url}, rows)
 
 
 def main() -> None:

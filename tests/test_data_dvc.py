@@ -42,7 +42,7 @@ class RecordingTuning:
         self.applied: list[dict] = []
 
     def apply(self, resource, ctx, staging):
-        self.applied.append(ctx.outputs_of("Dataset/support-tickets"))
+        self.applied.append(ctx.outputs_of(f"Dataset/{resource.spec.dataset}"))
         (staging / "model.json").write_text("{}")
         return {}
 

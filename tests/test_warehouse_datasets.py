@@ -14,6 +14,7 @@ from llmops_engine.controllers import Registry
 from llmops_engine.engine import Engine
 from llmops_engine.errors import DataError
 from llmops_engine.project import load_project
+from tests.test_data_dvc import RecordingTuning
 
 URL_ENV = "LLMOPS_TEST_WAREHOUSE_URL"
 
@@ -31,26 +32,6 @@ spec:
   validation:
     - {{expect: column_values_to_not_be_null, column: output}}
 """
-
-
-class RecordingTuning:
-    """Stands in for training (not under test): records which Dataset outputs it was given."""
-
-    kind = "TuningJob"
-
-    def __init__(self):
-        self.applied: list[dict] = []
-
-    def apply(self, resource, ctx, staging):
-        self.applied.append(ctx.outputs_of("Dataset/tickets"))
-        (staging / "model.json").write_text("{}")
-        return {}
-
-    def delete(self, record, ctx):
-        return None
-
-    def observe(self, record, project):
-        return None
 
 
 TUNING = """
