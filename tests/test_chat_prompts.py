@@ -168,10 +168,9 @@ def test_multi_turn_requests_render_earlier_turns_through_the_template(tokenizer
 def test_a_chat_dataset_conversation_renders_as_serving_renders_the_same_request(tokenizer, model_dir):
     """Multi-turn training rows keep their turns for chat prompts: the Dataset's row and the
     OpenAI request with the same messages become the same prompt string."""
-    from llmops_engine.data.examples import to_example
+    from llmops_engine.data.examples import chat_to_example, turns_of
     from llmops_engine.serving.openai_api import ChatRequest
     from llmops_engine.serving.slot import ModelSlot
-    from llmops_engine.specs.dataset import Columns
 
     conversation = [
         {"role": "system", "content": "Plan: Team."},
@@ -179,8 +178,7 @@ def test_a_chat_dataset_conversation_renders_as_serving_renders_the_same_request
         {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "how many seats?"},
     ]
-    row = to_example({"messages": conversation + [{"role": "assistant", "content": "50 seats."}]},
-                     Columns(messages="messages"))
+    row = chat_to_example(turns_of(conversation + [{"role": "assistant", "content": "50 seats."}]))
     chat = chat_template_of(tokenizer, "path:m")
     [(training, answer)] = render_pairs([row], CHAT_PROMPT, chat)
     request = ChatRequest.model_validate({"model": "api", "messages": conversation})

@@ -1,6 +1,8 @@
-"""Map a raw row onto the example fields every later stage uses: instruction, input, output.
+"""Map a chat conversation onto the example fields every later stage uses: instruction, input, output.
 
-Alpaca-style sources name their columns in `columns:`. A chat source names one column of
+Alpaca-style sources name their columns in `columns:` and are mapped in SQL (data/pipeline.py:
+a missing or null `input` becomes "", a missing instruction/output stays null so validation can
+see it, a non-string value becomes its JSON text). A chat source names one column of
 turns, `[{role, content}, ...]` (a list, or a JSON string of one, as CSV stores it), and
 is normalized like this, one example per conversation:
   - output      = the content of the LAST assistant turn;
@@ -15,9 +17,6 @@ The server maps OpenAI chat requests with this same function, so a model is alwa
 asked in the format it was trained on, a text prompt and a chat prompt alike.
 A conversation without an assistant or user turn gets output/instruction None, which
 `drop_empty` removes and a not-null rule reports.
-
-Missing or null `input` becomes ""; a missing instruction/output stays None so that
-validation can see it. Non-string scalars are kept as text (CSV gives only text anyway).
 """
 
 from __future__ import annotations
@@ -26,19 +25,8 @@ import json
 from typing import Any
 
 from ..errors import DataError
-from ..specs.dataset import Columns
 
 Example = dict[str, Any]  # instruction, input, output: str | None; history: list of turns
-
-
-def to_example(row: dict, columns: Columns) -> Example:
-    if columns.messages:
-        return chat_to_example(turns_of(row.get(columns.messages)))
-    return {
-        "instruction": _text(row.get(columns.instruction)),
-        "input": (_text(row.get(columns.input)) if columns.input else None) or "",
-        "output": _text(row.get(columns.output)),
-    }
 
 
 def chat_to_example(turns: list[dict]) -> Example:
