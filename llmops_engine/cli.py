@@ -103,6 +103,8 @@ def _engine(ctx: typer.Context, directory: Optional[Path]):
 
 
 DirOption = typer.Option(None, "--dir", "-C", help="Project directory (default: search upward from here).")
+TargetOption = typer.Option(None, "--target", metavar="KIND/NAME",
+                            help="Only this resource and what it depends on (repeatable).")
 
 
 @app.command()
@@ -131,6 +133,7 @@ def plan(
     detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 0 no changes, 1 error, 2 changes."),
     prune: bool = typer.Option(False, "--prune", help="Plan deletes for resources no longer in the specs."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow pruning with an empty spec set."),
+    target: Optional[list[str]] = TargetOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also list unchanged resources."),
 ) -> None:
     """Show what `apply` would change, and why. Read-only: writes nothing outside .llmops/."""
@@ -139,7 +142,7 @@ def plan(
 
     fmt = Format.json if as_json else fmt
     with user_errors(fmt, directory):
-        the_plan = _engine(ctx, directory).plan(PlanOptions(prune=prune, allow_empty=allow_empty)).plan
+        the_plan = _engine(ctx, directory).plan(PlanOptions(prune, allow_empty, tuple(target or ()))).plan
         if out:
             out.write_text(json.dumps(the_plan.to_json(), indent=2))
     if fmt == Format.json:
@@ -162,6 +165,7 @@ def apply(
     directory: Optional[Path] = DirOption,
     prune: bool = typer.Option(False, "--prune", help="Delete resources no longer in the specs."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Allow pruning with an empty spec set."),
+    target: Optional[list[str]] = TargetOption,
     lock_timeout: float = typer.Option(0.0, "--lock-timeout", help="Seconds to wait for another apply."),
 ) -> None:
     """Make the world match the specs (or execute a saved plan, if it is still fresh)."""
@@ -172,7 +176,7 @@ def apply(
     with user_errors(directory=directory):
         engine = _engine(ctx, directory)
         saved = read_plan_file(plan_file) if plan_file else None
-        given = PlanOptions(prune=prune, allow_empty=allow_empty)
+        given = PlanOptions(prune, allow_empty, tuple(target or ()))
         # With a saved plan, flags are only checked against it: the plan carries its own.
         options = given if saved is None or given != PlanOptions() else None
         result = engine.apply(saved_plan=saved, options=options, lock_timeout=lock_timeout)
@@ -378,10 +382,34 @@ def down(directory: Optional[Path] = DirOption) -> None:
     console.print("stopped the local Ray head" if stopped else "no local Ray head is running")
 
 
+export_app = typer.Typer(help="Write the project as another platform's manifests.", no_args_is_help=True)
+
+
+@export_app.command("kuberay")
+def export_kuberay(
+    out: Path = typer.Option(..., "--out", help="Folder to write the manifests into."),
+    directory: Optional[Path] = DirOption,
+    image: Optional[str] = typer.Option(None, "--image", help="Ray image of the pods (default: rayproject/ray:<this Ray>-py311)."),
+    repo_uri: Optional[str] = typer.Option(None, "--repo-uri", help="Zip of this repository the cluster can fetch; "
+                                           "without it no RayJob is written."),
+) -> None:
+    """A RayService serving what apply made live, and a RayJob per TuningJob that runs
+    `llmops apply --target` on the cluster. Read-only: writes only OUT (and under .llmops/)."""
+    from .kuberay import export_kuberay as write_manifests
+
+    with user_errors(directory=directory):
+        exported = write_manifests(_project(directory), out, image, repo_uri)
+    for path in exported.written:
+        console.print(f"wrote {path}", highlight=False, markup=False)
+    for note in exported.notes:
+        console.print(note, highlight=False, markup=False)
+
+
 def _mount_subcommands() -> None:
     from .data.cli import app as data_app
 
     app.add_typer(data_app, name="data", help="Dataset stages (what dvc.yaml runs).")
+    app.add_typer(export_app, name="export", help="Manifests for other platforms (KubeRay).")
 
 
 _mount_subcommands()

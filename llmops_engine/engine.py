@@ -9,11 +9,12 @@ fresh observation, made with the plan's own options, yields the same actions.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
 from .controllers import Registry
-from .errors import PlanError, StalePlanError
+from .errors import ClusterError, PlanError, StalePlanError
 from .execute import ApplyResult, Executor, Reporter
 from .observe import Desired, Observation, load_desired, observe
 from .planner import Action, Plan, PlanOptions
@@ -70,6 +71,7 @@ class Engine:
                 # Same options, same digests, same actions: the fresh plan is the reviewed one.
                 # Running it (not the file) means nothing edited into the file is trusted.
                 check_fresh(saved_plan, observation.plan)
+            _refuse_throwaway_deploys(self.project, observation.plan, observation.desired)
             executor = Executor(self.project, self.store, self.registry, self.journal(), self.report)
             result = executor.run(observation.plan, observation.desired, observation.records, before_step)
             if note := self.store.write_index():
@@ -84,6 +86,15 @@ class Engine:
 
         for path in ensure_raw_data(self.project.root):
             self.report(f"restored {path} from its DVC record")
+
+
+def _refuse_throwaway_deploys(project: Project, plan: Plan, desired: Desired) -> None:
+    from .raycluster import throwaway_deploy_refusal
+
+    deploying = [a.key for a in plan.actions if a.action in ("create", "update")
+                 and desired.by_key[a.key].spec.keeps_running]
+    if refusal := throwaway_deploy_refusal(deploying, project.ray_address(), os.environ):
+        raise ClusterError(refusal)
 
 
 def _options_mismatch(saved: PlanOptions, given: PlanOptions) -> str:

@@ -175,3 +175,8 @@ class ClusterError(LLMOpsError):
 
 class StoreError(LLMOpsError):
     """The artifact store could not be read or written (URL, credentials, network)."""
+
+
+class ManifestError(LLMOpsError):
+    """`llmops export kuberay` cannot write manifests that would work on a cluster: the store is a
+    local directory, a Deployment is not applied at its current spec, or an option is malformed."""

@@ -27,12 +27,24 @@ class PlanOptions:
 
     prune: bool = False
     allow_empty: bool = False
+    targets: tuple[str, ...] = ()  # keys (Kind/name): only their actions and their dependencies'
+
+    def __post_init__(self) -> None:
+        # Sorted and unique, so `--target a --target b` and `--target b --target a` make one plan.
+        object.__setattr__(self, "targets", tuple(sorted(set(self.targets))))
 
     def to_json(self) -> dict[str, Any]:
-        return {"prune": self.prune, "allow_empty": self.allow_empty}
+        # `targets` only when given: plans saved before it existed keep their digest.
+        return {"prune": self.prune, "allow_empty": self.allow_empty} | (
+            {"targets": list(self.targets)} if self.targets else {})
+
+    def flags(self) -> list[str]:
+        """The command-line flags that make these options."""
+        return ((["--prune"] if self.prune else []) + (["--allow-empty"] if self.allow_empty else [])
+                + [f"--target {key}" for key in self.targets])
 
     def differences(self, other: "PlanOptions") -> list[str]:
-        return [f"--{name.replace('_', '-')}" for name, value in self.to_json().items() if other.to_json()[name] != value]
+        return sorted(set(self.flags()) ^ set(other.flags()))
 
 
 @dataclass(frozen=True)
@@ -172,8 +184,30 @@ def make_plan(
     orphans = {key: old for key, old in observed.items() if key not in wanted}
     if options.prune:
         actions += _deletes(orphans)
-    leftover = () if options.prune else tuple(sorted(orphans))
+    if options.targets:
+        actions = _targeted(actions, options.targets, set(orphans))
+    deleted = {a.key for a in actions if a.action == "delete"}
+    leftover = tuple(sorted(set(orphans) - deleted))
     return Plan(tuple(actions), digest_observed(observed), digest_desired(desired), leftover, options)
+
+
+def _targeted(actions: list[Action], targets: tuple[str, ...], orphans: set[str]) -> list[Action]:
+    """The actions of `targets` and of everything they require, transitively (what a create or
+    update depends on; for a delete, the deletes of its dependents), in plan order."""
+    by_key = {a.key: a for a in actions}
+    unknown = [key for key in targets if key not in by_key]
+    if unknown:
+        known = ", ".join(sorted(by_key)) or "none"
+        hint = " (not in the specs: add --prune to delete it)" if set(unknown) <= orphans else ""
+        raise PlanError(f"unknown --target {', '.join(unknown)}{hint}; the plan's resources are: {known}")
+    kept: set[str] = set()
+    pending = list(targets)
+    while pending:
+        key = pending.pop()
+        if key not in kept:
+            kept.add(key)
+            pending += [dep for dep in by_key[key].requires if dep in by_key]
+    return [a for a in actions if a.key in kept]
 
 
 def _decide(resource: DesiredResource, old: ObservedResource | None, changing: set[str]) -> Action:

@@ -44,7 +44,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 from urllib.parse import urlparse
 
 from .errors import ClusterError, LLMOpsError, PlanError
@@ -235,6 +235,25 @@ def ensure_cluster(project: Project) -> ClusterInfo:
         return ClusterInfo(address=state["address"], dashboard_url=state["dashboard_url"], started=True)
 
 
+# CI runners are thrown away when their job ends, and a local head with them: a Deployment
+# "applied" there would vanish seconds after a green run.
+CI_MARKERS = ("CI", "GITHUB_ACTIONS")
+LOCAL_IN_CI_OPT_IN = "LLMOPS_LOCAL_RAY_IN_CI"
+
+
+def throwaway_deploy_refusal(deployments: list[str], ray_address: str | None, environ: Mapping[str, str]) -> str | None:
+    """Why an apply must not run, or None: in CI, with no cluster configured, Deployments to
+    create or update would go live on the runner's own local head (unless explicitly opted in)."""
+    in_ci = any(environ.get(name, "").lower() not in ("", "0", "false") for name in CI_MARKERS)
+    opted_in = environ.get(LOCAL_IN_CI_OPT_IN, "").lower() in ("1", "true", "yes")
+    if not deployments or ray_address or not in_ci or opted_in:
+        return None
+    return (f"this apply runs in CI with no Ray cluster configured, so {', '.join(deployments)} would be deployed "
+            "on a local Ray head on this runner and vanish when the job ends. Set RAY_ADDRESS (or ray.address in "
+            "llmops.yaml) to the cluster that serves them, or, for a test pipeline that checks a throw-away "
+            f"deployment on purpose, set {LOCAL_IN_CI_OPT_IN}=1.")
+
+
 def connect(project: Project) -> ClusterInfo:
     """ensure_cluster + ray.init(address=...) in this process; idempotent."""
     info = ensure_cluster(project)
@@ -267,12 +286,21 @@ def connect(project: Project) -> ClusterInfo:
             },
         )
     except Exception as exc:  # ray raises ConnectionError, RuntimeError, AuthenticationError...
-        raise ClusterError(
-            f"cannot connect to the Ray cluster at {info.address}: {exc}. "
-            "Check RAY_ADDRESS, or run `llmops down` and retry to restart the local head."
-        ) from exc
+        raise ClusterError(connect_error(info.address, str(exc), ray.__version__)) from exc
     _connected_address = info.address
     return info
+
+
+def connect_error(address: str, error: str, client_version: str) -> str:
+    """What to tell a user whose `ray.init` failed, by what Ray said."""
+    if "version mismatch" in error.lower():
+        # Ray's own text names both sides' Ray and Python versions.
+        said = " ".join(error.split())[:600]
+        return (f"the Ray cluster at {address} runs another Ray or Python version than this llmops (Ray "
+                f"{client_version}): {said} Install the cluster's versions here, or run the cluster on Ray "
+                f"{client_version}; both sides must match.")
+    return (f"cannot connect to the Ray cluster at {address}: {error}. "
+            "Check RAY_ADDRESS, or run `llmops down` and retry to restart the local head.")
 
 
 def stop_local(project: Project) -> bool:

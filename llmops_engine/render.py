@@ -47,7 +47,7 @@ def plan_markdown(plan: Plan) -> str:
         rows.append(f"| `?` | `{key}` | orphan | not in specs; `llmops apply --prune` deletes it | |")
     body = "\n".join(rows) if len(rows) > 2 else "_Nothing to do._"
     unchanged = sum(1 for a in plan.actions if a.action == "no-op")
-    flags = " ".join(f"`--{k.replace('_', '-')}`" for k, v in plan.options.to_json().items() if v)
+    flags = " ".join(f"`{flag}`" for flag in plan.options.flags())
     return f"### llmops plan\n\n**{plan_summary(plan)}** ({unchanged} unchanged){' ' + flags if flags else ''}\n\n{body}\n"
 
 

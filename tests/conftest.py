@@ -11,7 +11,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = [p for p in ("tests.plugins.ray_cluster", "tests.plugins.s3_server") if (REPO / (p.replace(".", "/") + ".py")).exists()]
+pytest_plugins = [p for p in ("tests.plugins.ray_cluster", "tests.plugins.s3_server", "tests.plugins.netns_cluster") if (REPO / (p.replace(".", "/") + ".py")).exists()]
 pytest_plugins.append("pytester")  # test_suite_guards.py runs small pytest sessions under our settings
 
 @pytest.fixture(scope="session")

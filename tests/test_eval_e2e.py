@@ -141,7 +141,7 @@ def test_a_model_that_cannot_load_fails_closed_with_a_clear_error(on_cluster, tm
     shutil.copytree(ctx.artifact_dir(TUNING.key), directory, dirs_exist_ok=True)
     shutil.rmtree(directory / "model")
     (directory / "model").mkdir()  # weights gone
-    with pytest.raises(EvaluationError, match="evaluation task failed: .*cannot load model"):
+    with pytest.raises(EvaluationError, match="evaluation task evaluate-.* failed: .*cannot load model"):
         evaluate(on_cluster, tmp_path, tuning=broken, model="broken")
 
 

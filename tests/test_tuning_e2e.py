@@ -113,6 +113,17 @@ def test_more_gpus_than_the_cluster_has_fails_fast(ray_project, tmp_path):
     assert time.monotonic() - started < 60 and not (ctx.store.root / "ray_runs").exists()
 
 
+def test_a_custom_resource_no_node_declares_fails_fast(ray_project, tmp_path):
+    tune, ctx = tuning_setup(tmp_path, ray_project, max_steps=2)
+    spec = tune.spec.model_copy(update={"resources": tune.spec.resources.model_copy(
+        update={"custom": {"trainer_node": 1}})})
+    tune = type(tune)(tune.kind, tune.metadata, spec, tune.file, tune.line)
+    ctx.fingerprints[tune.key] = "e" * 64
+    with pytest.raises(PlanError, match=r"needs 1 trainer_node but the Ray cluster has 0.* 1 trainer_node\)"):
+        apply_once(tune, ctx)
+    assert not (ctx.store.root / "ray_runs").exists()
+
+
 def _apply_in_this_process(root: str, project_root: str) -> None:
     """Entry point of the subprocess the kill test SIGKILLs mid-training."""
     project = Project(Path(project_root), ProjectSettings())
@@ -145,7 +156,9 @@ def _registered_checkpoint_step(runs: Path) -> int:
     return max(steps)
 
 
-def test_killed_training_resumes_from_its_checkpoint(ray_project, tmp_path):
+def _start_and_kill_applier(tmp_path: Path, ray_project: Project) -> tuple[int, int]:
+    """Run the tuning apply in a subprocess and SIGKILL it once a checkpoint is registered; the
+    registered and the latest checkpoint step at that moment."""
     code = f"from tests.test_tuning_e2e import _apply_in_this_process as a; a({str(tmp_path)!r}, {str(ray_project.root)!r})"
     log = (tmp_path / "child.log").open("w")
     child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -164,15 +177,61 @@ def test_killed_training_resumes_from_its_checkpoint(ray_project, tmp_path):
         child.wait()
     registered, killed_at = _registered_checkpoint_step(runs), _latest_checkpoint_step(runs)
     assert 0 < registered <= killed_at < KILL_TRAINING["max_steps"]
+    return registered, killed_at
+
+
+def _training_driver(ctx, tune):
+    import ray
+
+    from llmops_engine.detached import NAMESPACE, step_actor_name
+
+    name = step_actor_name(run_name(ctx.fingerprint(tune.key)), ctx.store.ray_storage()[0])
+    return ray.get_actor(name, namespace=NAMESPACE)
+
+
+def _wait_until_gone(ctx, tune) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            _training_driver(ctx, tune)
+        except ValueError:
+            return
+        time.sleep(0.2)
+    pytest.fail("the training run's actor is still there")
+
+
+def test_a_killed_apply_leaves_training_running_and_the_next_apply_attaches(ray_project, tmp_path):
+    _start_and_kill_applier(tmp_path, ray_project)
 
     tune, ctx = tuning_setup(tmp_path, ray_project, **KILL_TRAINING)
     outputs, staging = apply_once(tune, ctx)
 
+    assert any("attached to training run" in line for line in ctx.reported), ctx.reported
+    metrics = json.loads((staging / "metrics.json").read_text())
+    # The first run went on: no second trainer was started (it would have resumed from a checkpoint).
+    assert metrics["resumed_from_step"] is None
+    assert not any("worker(s) training" in line or "resumed from" in line for line in ctx.reported)
+    assert [step for step, _ in metrics["loss_per_step"]] == list(range(1, 41)) and outputs["steps"] == 40
+    _wait_until_gone(ctx, tune)  # collected: the run's actor ends
+
+
+def test_a_lost_training_driver_resumes_from_its_checkpoint(ray_project, tmp_path):
+    import ray
+
+    registered, killed_at = _start_and_kill_applier(tmp_path, ray_project)
+    tune, ctx = tuning_setup(tmp_path, ray_project, **KILL_TRAINING)
+    ray.kill(_training_driver(ctx, tune))  # as if its node had been lost
+    _wait_until_gone(ctx, tune)
+    runs = tmp_path / "store" / "ray_runs"
+    registered = max(registered, _registered_checkpoint_step(runs))
+
+    outputs, staging = apply_once(tune, ctx)
+
     metrics = json.loads((staging / "metrics.json").read_text())
     resumed = metrics["resumed_from_step"]
-    # Resumes from the latest checkpoint Ray Train had registered before the kill (one still
-    # being persisted at that instant may be lost), never from scratch.
-    assert registered <= resumed <= killed_at and resumed % KILL_TRAINING["save_every_steps"] == 0
+    # Resumes from the latest checkpoint Ray Train had registered (one still being persisted when
+    # the driver died may be lost), never from scratch.
+    assert registered <= resumed and resumed % KILL_TRAINING["save_every_steps"] == 0
     assert [step for step, _ in metrics["loss_per_step"]] == list(range(1, 41))  # history spans both runs
-    assert len(list(runs.iterdir())) == 1  # one Ray run, continued
+    assert len(list(runs.iterdir())) == 1  # one run folder: resumed under the same name
     assert outputs["steps"] == 40

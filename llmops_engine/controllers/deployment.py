@@ -77,6 +77,7 @@ class DeploymentController(BaseController):
         own_prompt = not (spec.serves_base_model() or knowledge or spec.allow_prompt_mismatch)
         prompt = None if own_prompt else _served_prompt(resource, ctx)
         engine = _usable_engine(spec.engine, ctx)
+        _check_replica_fits(resource, ctx)
         if spec.serves_base_model():
             ref = _absolute_ref(spec.model, ctx)
             identity = _identity(ref, prompt, knowledge, spec.engine)
@@ -321,6 +322,22 @@ def _usable_engine(engine: str, ctx: ApplyContext) -> str:
     if problem:
         raise DeploymentError(f"{problem}; the live version keeps serving")
     return engine
+
+
+def _check_replica_fits(resource: Resource, ctx: ApplyContext) -> None:
+    """Replicas asking for custom resources no node has would leave Serve waiting forever. While a
+    version is live, the new one comes up in the other slot beside it: both slots' replicas must fit."""
+    custom = resource.spec.resources.custom
+    if not custom:
+        return
+    from .. import raycluster
+
+    raycluster.connect(ctx.project)
+    record = ctx.records.get(resource.key)
+    replicas = resource.spec.replicas.min * (2 if record and record.outputs.get("served") else 1)
+    raycluster.check_fits({name: amount * replicas for name, amount in custom.items()},
+                          f"{resource.key}'s {replicas} model replica(s)", local=False,
+                          remedy="Lower spec.resources.custom or start nodes that declare them (`ray start --resources`)")
 
 
 def _absolute_ref(ref: str, ctx: ApplyContext) -> str:

@@ -89,7 +89,8 @@ def _run(resource: Resource, ctx: ApplyContext, fingerprint: str, contenders: li
         runs = run_on_cluster(
             ctx.project, ctx.store.root, local, suites, spec.generation,
             spec.repeats, spec.gpus, spec.cpus, run_name=f"{resource.name}-{fingerprint[:12]}",
-            answers_dir=_answers_dir(ctx), reuse_answers=not _reports_latency(spec),
+            answers_dir=_answers_dir(ctx), reuse_answers=not _reports_latency(spec), report=ctx.report,
+            store_url=ctx.store.url,
         )
     if hosted:
         from ..evaluation.hosted import score_hosted

@@ -1,10 +1,11 @@
 """TuningJob controller: fine-tune a base model on a Dataset with Ray Train.
 
 The recipe, top to bottom:
-  0. connect to the Ray cluster and check it can fit the job
+  0. connect to the Ray cluster
   1. inputs: train split of the Dataset, the Prompt spec, the resolved base model
   2. examples rendered with the Prompt (what serving will send), response-only labels
-  3. one TorchTrainer run named after the fingerprint (resumes after a crash)
+  3. one TorchTrainer run named after the fingerprint, checked to fit the cluster, driven by a
+     detached actor (a killed apply's run goes on; the next apply attaches; resumes after a crash)
   4. artifacts into staging: adapter/ (or model/), tokenizer/, template.json, model.json,
      lineage.json, metrics.json, loss.csv, loss.png, exports.json, optional merged/ and
      gguf/model.<type>.gguf (verified against the merged model before anything is published)
@@ -37,12 +38,11 @@ class TuningController(BaseController):
         fingerprint = ctx.fingerprint(resource.key)
         dataset_key, prompt_key = f"Dataset/{spec.dataset}", f"Prompt/{spec.prompt}"
 
-        # 0. a cluster that can fit the job (Ray would otherwise wait forever for resources)
+        # 0. the cluster (a new run is checked to fit it before it starts: Ray would wait forever)
         from .. import raycluster
-        from ..training.run import check_resources, run_name, run_training
+        from ..training.run import run_name, run_training
 
         cluster = raycluster.connect(ctx.project)
-        check_resources(**spec.resources.model_dump(), local=ctx.project.ray_address() is None)
 
         # 1. inputs
         rows = _read_train_rows(ctx.artifact_dir(dataset_key) / "train.jsonl", dataset_key)
@@ -83,7 +83,8 @@ class TuningController(BaseController):
                    f"{total_steps} steps, Ray run {name} at {cluster.address}")
         with tempfile.TemporaryDirectory(prefix="llmops-tune-") as work:
             result = run_training(config, name=name, storage=ctx.store.ray_storage(),
-                                  resources=spec.resources.model_dump(), work_dir=Path(work), report=ctx.report)
+                                  resources=spec.resources.model_dump(), local=ctx.project.ray_address() is None,
+                                  work_dir=Path(work), report=ctx.report)
             weights_dir = "model" if spec.method == "full" else "adapter"
             shutil.move(str(result.checkpoint_dir / weights_dir), staging / weights_dir)
 

@@ -1,5 +1,8 @@
 """Run the contenders over the eval examples as one Ray task, and read back raw results.
 
+The task is driven by a detached step (detached.py) named after the Evaluation's fingerprint, so
+a killed apply's evaluation goes on and the next apply collects it.
+
 The task loads each model in turn (candidate first, then baselines), so every model sees
 the same prompts in the same run; each model, loaded once, answers every suite (the main
 eval split, the regression set) it is scored on. Prompts are rendered there, beside the
@@ -15,8 +18,9 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
-from ..errors import EvaluationError, LLMOpsError
+from ..errors import EvaluationError
 from ..project import Project
 from ..specs.evaluation import Generation
 from ..specs.prompt import PromptSpec
@@ -67,44 +71,44 @@ def run_on_cluster(
     run_name: str,
     answers_dir: Path | None = None,
     reuse_answers: bool = True,
+    report: Callable[[str], None] = print,
+    store_url: str | None = None,
 ) -> dict[str, dict[str, list[ModelRun]]]:
-    """suite -> role -> one ModelRun per repeat. Raises EvaluationError when the task fails."""
-    import ray
-
+    """suite -> role -> one ModelRun per repeat. Raises EvaluationError when the task fails.
+    `store_url` names the store the same on every machine (`store_root` may be a local cache of it)."""
+    from ..detached import run_detached
     from ..raycluster import check_fits, connect
 
     connect(project)
-    check_fits({"CPU": cpus, "GPU": gpus}, "the evaluation task", project.ray_address() is None,
-               "Lower the Evaluation's cpus")
+    local = project.ray_address() is None
     questions = {s.name: {"roles": s.roles, "losses": s.losses, "examples": [question(e) for e in s.examples]}
                  for s in suites}
     expected = {s.name: [e["output"] for e in s.examples] for s in suites}
-    task = ray.remote(score_contenders).options(
-        name=f"evaluate-{run_name}", num_cpus=cpus, num_gpus=gpus, max_retries=0
-    )
     jobs = [asdict(c) for c in contenders]
-    try:
-        pending = task.remote(jobs, questions, expected, generation.model_dump(), repeats, gpus > 0, str(store_root), cpus,
-                              str(answers_dir) if answers_dir else None, reuse_answers)
-        raw = ray.get(pending)
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(exc.cause, Exception) else exc
-        raise EvaluationError(f"the evaluation task failed: {_short(cause)}") from cause
-    except ray.exceptions.RayError as exc:
-        raise EvaluationError(f"the evaluation task could not run on Ray: {_short(exc)}") from exc
+    args = (jobs, questions, expected, generation.model_dump(), repeats, gpus > 0, str(store_root), cpus,
+            str(answers_dir) if answers_dir else None, reuse_answers)
+    # Detached (detached.py): a killed apply's evaluation goes on, and the next apply collects it.
+    raw = run_detached(
+        f"evaluate-{run_name}", store_url or str(store_root), "llmops_engine.evaluation.runner:drive",
+        (cpus, gpus, args), report=report, error=EvaluationError, what="evaluation task", outlive_interrupt=not local,
+        before_start=lambda: check_fits({"CPU": cpus, "GPU": gpus}, "the evaluation task", local,
+                                        "Lower the Evaluation's cpus"))
     return {
         suite: {role: [ModelRun(**r) for r in runs] for role, runs in by_suite.items()}
         for suite, by_suite in raw.items()
     }
 
 
+def drive(cpus: int, gpus: float, args: tuple, emit) -> dict:
+    """In the detached step's actor: the scoring task, with the resources it asks for."""
+    import ray
+
+    task = ray.remote(score_contenders).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    return ray.get(task.remote(*args))
+
+
 def question(example: dict) -> dict:
     return {"instruction": example["instruction"], "input": example.get("input") or ""}
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, LLMOpsError) else f"{type(exc).__name__}: {exc}"
-    return text.strip()[:500]
 
 
 # --- on the Ray worker --------------------------------------------------------------------

@@ -134,6 +134,9 @@ def _build(name: str, out_dir: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a progress bar for a few-MB file is noise in apply's output
+    # transformers writes checkpoints on torch.distributed rank 0 only, but every training worker
+    # materializes the model on its own node (training/loop.py), whatever its rank: this copy is this node's.
+    model.should_save_on_this_rank = lambda is_main_process: True
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     manifest = {"ref": f"builtin:{name}", "seed": seed, "weights_hash": weights_hash(out_dir)}

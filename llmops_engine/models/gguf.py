@@ -88,6 +88,7 @@ def _readable_by_all(folder: Path) -> None:
 def _convert(source: GgufSource, file_sha: str, out_dir: Path) -> None:
     architecture = _architecture(source)
     model, tokenizer = _load_dequantized(source)
+    model.should_save_on_this_rank = lambda is_main_process: True  # any rank converts for its node (see builtin.py)
     model.save_pretrained(out_dir, safe_serialization=True)
     ensure_pad_token(tokenizer).save_pretrained(out_dir)
     manifest = {

@@ -180,11 +180,15 @@ def _slot(spec: dict[str, Any], slot: str, model: ModelRef | None, guardrails: l
                 "target_ongoing_requests": batching["max_batch_size"],
             }
         }
-    placement = {"ray_actor_options": {"num_cpus": REPLICA_CPUS}}
+    custom = spec.get("resources", {}).get("custom")
+    placement = {"ray_actor_options": {"num_cpus": REPLICA_CPUS, **({"resources": custom} if custom else {})}}
     if model is not None and model.engine == "vllm":  # the engine's GPU worker is placed with the replica
         from .engines.vllm import slot_deployment_options
 
         placement = slot_deployment_options(REPLICA_CPUS)
+        if custom:  # the replica's bundle holds what its actor asks for
+            placement["ray_actor_options"]["resources"] = custom
+            placement["placement_group_bundles"][0].update(custom)
     return {
         "name": slot,
         **scaling,

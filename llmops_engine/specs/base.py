@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import Annotated, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -97,3 +99,24 @@ def _field_path(field: str | tuple) -> tuple:
 
 def reference(field: str, kind: str, name: str | None) -> list[Reference]:
     return [Reference(field=field, kind=kind, name=name)] if name else []
+
+
+# Ray's own resource names have their own fields; a custom name is what `ray start --resources` declares.
+CUSTOM_RESOURCE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+RAY_BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
+def custom_resources_field(each: str):
+    # Left out of the dump when empty, so specs written before custom resources keep their fingerprint.
+    return Field(
+        default_factory=dict, exclude_if=lambda value: not value,
+        description=f"Ray custom resources each {each} needs (names a node declares with `ray start --resources`), "
+                    "e.g. {trainer_node: 1}: schedules it on such a node.",
+    )
+
+
+def check_custom_resources(custom: dict[str, float]) -> None:
+    for name in custom:
+        if name in RAY_BUILTIN_RESOURCES or not re.match(CUSTOM_RESOURCE_NAME, name):
+            raise FieldError(("custom", f"'{name}' is not a custom resource name (letters, digits, _ . -; "
+                                        "CPU and GPU have their own fields)"))

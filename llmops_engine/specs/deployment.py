@@ -6,7 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from .base import EnvVarName, FieldError, KindSpec, PathInput, Reference, StrictModel, reference
+from .base import (EnvVarName, FieldError, KindSpec, PathInput, Reference, StrictModel, check_custom_resources,
+                   custom_resources_field, reference)
 from .provider import is_provider_ref, provider_ref
 from .tuning import MODEL_REF, is_model_ref
 
@@ -112,6 +113,15 @@ class Batching(StrictModel):
     )
 
 
+class ReplicaResources(StrictModel):
+    custom: dict[str, PositiveFloat] = custom_resources_field("model replica")
+
+    @model_validator(mode="after")
+    def _custom_names(self) -> "ReplicaResources":
+        check_custom_resources(self.custom)
+        return self
+
+
 class DeploymentSpec(KindSpec):
     kind: ClassVar[str] = "Deployment"
     keeps_running: ClassVar[bool] = True
@@ -137,6 +147,8 @@ class DeploymentSpec(KindSpec):
     )
     allow_prompt_mismatch: bool = False
     replicas: Replicas = Field(default_factory=Replicas)
+    # Left out of the dump when it asks for nothing, so deployments written before it keep their fingerprint.
+    resources: ReplicaResources = Field(default_factory=ReplicaResources, exclude_if=lambda value: not value.custom)
     rollout: Rollout = Field(default_factory=Rollout)
     auth: Auth | Literal["none"] = Field(description="{api_keys_env: NAME}, or `none` for an open endpoint.")
     limits: Limits = Field(default_factory=Limits)

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from .base import FieldError, KindSpec, PathInput, Reference, StrictModel, reference
+from .base import FieldError, KindSpec, PathInput, Reference, StrictModel, check_custom_resources, custom_resources_field, reference
 
 MODEL_REF = r"^(builtin:[a-z0-9-]+|hf:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|gguf:.+\.gguf|path:.+)$"
 BUILTIN_MODELS = ("tiny-llama", "smollm2-135m-instruct")  # models/builtin.py BUILTIN_NAMES
@@ -54,6 +54,12 @@ class Resources(StrictModel):
     workers: PositiveInt = 1
     gpus_per_worker: NonNegativeFloat = 0
     cpus_per_worker: PositiveFloat = 1
+    custom: dict[str, PositiveFloat] = custom_resources_field("training worker")
+
+    @model_validator(mode="after")
+    def _custom_names(self) -> "Resources":
+        check_custom_resources(self.custom)
+        return self
 
     def summary(self) -> str:
         each = f"{self.gpus_per_worker:g} GPU" if self.gpus_per_worker else f"{self.cpus_per_worker:g} CPU"

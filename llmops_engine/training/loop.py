@@ -67,6 +67,7 @@ def train_loop_per_worker(config: dict) -> None:
         state["resumed_from"] = state["step"]
         state.setdefault("step_seconds", [])
         _progress(config, {"event": "resumed", "step": state["step"]})
+    state["nodes"] = _node_ips(world)  # where this (last) run of the job trained, rank by rank
 
     accumulation = train["gradient_accumulation_steps"]
     started = time.perf_counter()
@@ -116,6 +117,20 @@ def _base_on_this_node(config: dict) -> Path:
     from ..state.stores import node_cache_dir
 
     return resolve_base(config["base_model"], node_cache_dir()).path
+
+
+def _node_ips(world: int) -> list[str]:
+    """The IP of the node each rank runs on (a collective: every rank calls it)."""
+    import ray
+
+    ip = ray.util.get_node_ip_address()
+    if world == 1:
+        return [ip]
+    import torch.distributed
+
+    ips: list[str | None] = [None] * world
+    torch.distributed.all_gather_object(ips, ip)
+    return [str(each) for each in ips]
 
 
 def _report(model, optimizer, scheduler, state: dict, config: dict, rank: int, final: bool, device: str) -> None:

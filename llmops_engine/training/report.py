@@ -45,6 +45,7 @@ def training_metrics(state: dict, wall_seconds: float) -> dict:
         "median_step_seconds": _median(state.get("step_seconds") or []),
         "peak_memory_mb": round(state.get("peak_memory_mb", 0.0), 1),
         "resumed_from_step": state.get("resumed_from"),
+        "nodes": state.get("nodes", []),  # node IP of each training worker (rank order)
         "truncated_rows": state.get("truncated_rows", 0),  # answer end cut at max_seq_len
         "dropped_rows": state.get("dropped_rows", 0),  # no answer token within max_seq_len
     }
