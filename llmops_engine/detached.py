@@ -39,9 +39,6 @@ UNCOLLECTED_TTL_S = 3600.0
 # every half second took ~6 % of a core beside the training workers).
 PROGRESS_WAIT_S = 2.0
 
-Emit = Callable[[dict], None]
-
-
 class DetachedStep:
     """Runs `target(*args, emit=...)` ("module:function") in a thread; created detached by `run_detached`."""
 
@@ -55,8 +52,7 @@ class DetachedStep:
 
     # called by appliers ------------------------------------------------------
     def info(self) -> dict:
-        return {"token": self.token, "started_at": self.started_at, "events": len(self._events),
-                "done": self._outcome is not None}
+        return {"token": self.token, "started_at": self.started_at, "events": len(self._events)}
 
     def events(self, since: int, wait_s: float) -> tuple[list[dict], bool]:
         """The events after the first `since` (waiting up to `wait_s` for one), and whether the step is over."""
